@@ -1,0 +1,139 @@
+"""Every daemon setting, read once from RELAY_* environment variables (or an optional env file
+named by RELAY_ENV_FILE), validated at start-up so a bad value stops the process with one line."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from relay.model import ALL_ENDPOINTS
+from relay.retry import DEFAULT_SCHEDULE, RetrySchedule, parse_duration, parse_schedule
+from relay.segment import MAX_BATCH_EVENTS
+
+ENV_PREFIX = "RELAY_"
+
+
+def _schedule(value: Any) -> Any:
+    if isinstance(value, str):
+        return RetrySchedule(parse_schedule(value))
+    if isinstance(value, list | tuple):
+        return RetrySchedule(tuple(parse_duration(str(v)) for v in value))
+    return value
+
+
+def _seconds(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Daemon settings. Durations accept `30`, `30s`, `5m`, `6h`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL, e.g. postgresql://relay@db:5432/app"
+    )
+    endpoint_overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object mapping an official Segment base URL to a replacement "
+        "(staging proxies, the local sink)",
+    )
+    retry_schedule: Annotated[RetrySchedule, NoDecode, BeforeValidator(_schedule)] = Field(
+        default_factory=lambda: RetrySchedule(DEFAULT_SCHEDULE),
+        description="delays between sends after a retryable failure (1m,2m,…,6h)",
+    )
+    lease_seconds: Seconds = Field(
+        300.0, description="how long a claim is held before another worker may take it over"
+    )
+    poll_interval_seconds: Seconds = Field(
+        1.0, description="how often to look for due work when no notification arrives"
+    )
+    concurrency: int = Field(4, ge=1, le=256, description="claim-and-send loops per process")
+    claim_limit: int = Field(
+        2000, ge=1, description="deliveries claimed per round, all integrations"
+    )
+    claim_per_integration: int = Field(
+        1000, ge=1, description="deliveries claimed per integration per round"
+    )
+    batch_max_events: int = Field(
+        500, ge=1, le=MAX_BATCH_EVENTS, description="events per /v1/batch request (Segment: 2500)"
+    )
+    rate_limit_per_second: float = Field(
+        100.0, gt=0, description="requests per second per integration and process"
+    )
+    http_timeout_seconds: Seconds = Field(15.0, description="total time for one request")
+    http_connect_timeout_seconds: Seconds = Field(5.0, description="time to open a connection")
+    shutdown_grace_seconds: Seconds = Field(
+        30.0, description="on SIGTERM, how long in-flight sends may finish before release"
+    )
+    worker_id: str = Field(default_factory=_default_worker_id, description="name in logs")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON otherwise"
+    )
+
+    @field_validator("endpoint_overrides")
+    @classmethod
+    def _official_bases_only(cls, value: dict[str, str]) -> dict[str, str]:
+        cleaned = {}
+        for official, replacement in value.items():
+            key = official.rstrip("/")
+            if key not in ALL_ENDPOINTS:
+                raise ValueError(
+                    f"{official!r} is not an official Segment endpoint ({', '.join(ALL_ENDPOINTS)})"
+                )
+            parts = urlsplit(replacement)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"replacement for {official!r} is not an http(s) URL")
+            cleaned[key] = replacement.rstrip("/")
+        return cleaned
+
+    def base_url(self, endpoint: str) -> str:
+        """Where requests for an official endpoint really go."""
+        endpoint = endpoint.rstrip("/")
+        return self.endpoint_overrides.get(endpoint, endpoint)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise SettingsError(
+                "RELAY_DATABASE_URL is not set: give the PostgreSQL URL in RELAY_DATABASE_URL "
+                "or --database-url"
+            )
+        return self.database_url
+
+
+class SettingsError(Exception):
+    """A setting the user must fix; the message is one line naming it."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and RELAY_ENV_FILE, if set); CLI flags come in as overrides."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    env_file = os.environ.get(f"{ENV_PREFIX}ENV_FILE")
+    if env_file and not os.path.isfile(env_file):
+        raise SettingsError(f"RELAY_ENV_FILE: no such file {env_file!r}")
+    try:
+        return Settings(_env_file=env_file, **given)
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"invalid setting {ENV_PREFIX}{name.upper()}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,225 @@
+"""The domain vocabulary: event types, regions and their endpoints, statuses, and the validated
+shapes of an outbox event and an integration. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class EventType(StrEnum):
+    """The three lifecycle events the product emits (spec: "Event payload")."""
+
+    FLOW_VIEWED = "Flow Viewed"
+    FLOW_DISMISSED = "Flow Dismissed"
+    RESPONSE_SUBMITTED = "Response Submitted"
+
+
+class Region(StrEnum):
+    GLOBAL = "global"
+    EU = "eu"
+
+
+# Segment never forwards across regions, so each region accepts only its own documented hosts.
+# The first endpoint of a region is its default: Segment's HTTP API docs name events.eu1 as the
+# EU tracking host; eu1.api.segmentapis.com is allowed by the spec but is the management API host.
+REGION_ENDPOINTS: Mapping[Region, tuple[str, ...]] = {
+    Region.GLOBAL: ("https://api.segment.io",),
+    Region.EU: ("https://events.eu1.segmentapis.com", "https://eu1.api.segmentapis.com"),
+}
+EU_MANAGEMENT_API_ENDPOINT = "https://eu1.api.segmentapis.com"
+ALL_ENDPOINTS: tuple[str, ...] = tuple(e for es in REGION_ENDPOINTS.values() for e in es)
+
+
+class IntegrationStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+RENAME_MAX_LENGTH = 200
+
+
+def endpoint_error(region: Region, endpoint: str) -> str | None:
+    """Why `endpoint` cannot serve `region`, or None when it can."""
+    allowed = REGION_ENDPOINTS[region]
+    if endpoint.rstrip("/") in allowed:
+        return None
+    return (
+        f"endpoint {endpoint!r} is not a documented {region.value} endpoint; "
+        f"use one of: {', '.join(allowed)}"
+    )
+
+
+def _check_rename(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("a rename must be a non-empty name")
+    if len(value) > RENAME_MAX_LENGTH:
+        raise ValueError(f"a rename is at most {RENAME_MAX_LENGTH} characters")
+    if not value.isprintable():
+        raise ValueError("a rename must contain printable characters only")
+    return value
+
+
+class EventSetting(BaseModel):
+    """How one lifecycle event is forwarded by one integration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    rename: Annotated[str | None, AfterValidator(_check_rename)] = None
+
+
+class EventSettings(RootModel[dict[EventType, EventSetting]]):
+    """Per-event renames and disables of one integration, stored as
+    `{"Response Submitted": {"rename": "survey_responded"}}`; unlisted events use the defaults."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: dict[EventType, EventSetting] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> EventSettings:
+        seen: dict[str, EventType] = {}
+        for event_type in EventType:
+            name = self.setting(event_type).rename or event_type.value
+            if name in seen:
+                raise ValueError(
+                    f"{event_type.value!r} and {seen[name].value!r} would both be sent as {name!r}"
+                )
+            seen[name] = event_type
+        return self
+
+    def setting(self, event_type: EventType) -> EventSetting:
+        return self.root.get(event_type, _DEFAULT_SETTING)
+
+    def name_for(self, event_type: EventType) -> str | None:
+        """The event name sent to Segment, or None when the event is disabled."""
+        setting = self.setting(event_type)
+        if not setting.enabled:
+            return None
+        return setting.rename or event_type.value
+
+
+_DEFAULT_SETTING = EventSetting()
+
+
+class Integration(BaseModel):
+    """One Segment destination of one organization+app, as the worker sees it at send time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    organization_id: str
+    app_id: str
+    name: str = ""
+    write_key: SecretStr
+    region: Region
+    endpoint: str
+    status: IntegrationStatus = IntegrationStatus.ACTIVE
+    event_settings: EventSettings = Field(default_factory=EventSettings)
+    message_id_suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_matches_region(self) -> Integration:
+        error = endpoint_error(self.region, self.endpoint)
+        if error:
+            raise ValueError(error)
+        return self
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+JsonContainer = dict[str, Any] | list[Any]
+
+
+class Event(BaseModel):
+    """One outbox row, validated. The outbox is permissive so the product's inserts never fail;
+    this model is where a malformed row is caught and named."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: NonEmpty
+    organization_id: NonEmpty
+    app_id: NonEmpty
+    event_type: EventType
+    occurred_at: datetime
+    user_id: str | None = None
+    anonymous_id: NonEmpty
+    survey_id: str | None = None
+    response_id: str | None = None
+    page_path: str | None = None
+    page_referrer: str | None = None
+    locale: str | None = None
+    traits: dict[str, Any] | None = None
+    identities: JsonContainer | None = None
+    references: JsonContainer | None = None
+
+    @field_validator(
+        "user_id",
+        "survey_id",
+        "response_id",
+        "page_path",
+        "page_referrer",
+        "locale",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_absent(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a time zone")
+        return value
+
+
+class MalformedEvent(ValueError):
+    """An outbox row that cannot become a track call; the message names each bad field."""
+
+
+def parse_event(row: Mapping[str, Any]) -> Event:
+    """Validate an outbox row, raising MalformedEvent with one readable line on failure."""
+    try:
+        return Event.model_validate(row)
+    except ValidationError as exc:
+        raise MalformedEvent(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming every failing field, e.g. `event_type: Input should be 'Flow Viewed', …`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "value"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,41 @@
+-- Claim due deliveries fairly: integrations with due work in random order, at most
+-- $2 deliveries from each, at most $1 in all. Claimed rows get a lease: next_attempt_at moves
+-- $3 seconds ahead and lease_token = $4, so a dead worker's rows fall due again by themselves.
+WITH candidates AS (
+    SELECT i.id
+    FROM relay.integrations i
+    WHERE i.status = 'active'
+      AND (i.rate_limited_until IS NULL OR i.rate_limited_until <= now())
+      AND EXISTS (
+          SELECT 1 FROM relay.deliveries d
+          WHERE d.integration_id = i.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+      )
+    ORDER BY random()
+    LIMIT $1
+),
+picked AS (
+    SELECT p.integration_id, p.event_id
+    FROM candidates c
+    CROSS JOIN LATERAL (
+        SELECT d.integration_id, d.event_id
+        FROM relay.deliveries d
+        WHERE d.integration_id = c.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) p
+    LIMIT $1
+),
+claimed AS (
+    UPDATE relay.deliveries d
+    SET next_attempt_at = now() + make_interval(secs => $3), lease_token = $4, updated_at = now()
+    FROM picked p
+    WHERE d.integration_id = p.integration_id AND d.event_id = p.event_id
+    RETURNING d.integration_id, d.event_id, d.attempts
+)
+SELECT c.integration_id, c.attempts,
+       e.id, e.organization_id, e.app_id, e.event_type, e.occurred_at, e.user_id,
+       e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer, e.locale,
+       e.traits, e.identities, e."references"
+FROM claimed c
+JOIN relay.events e ON e.id = c.event_id

@@ -1,0 +1,130 @@
+"""The PostgreSQL adapter: migrations, claims with leases, outcomes, integrations. Each batch
+operation is one statement; the SQL lives in relay/sql/*.sql."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.dispatch import Claimed, Outcome
+
+SCHEMA_VERSION = 1
+NOTIFY_CHANNEL = "relay_deliveries"
+# Any constant will do: it only keeps two `relay migrate` runs from interleaving.
+_MIGRATE_LOCK = 0x72656C6179
+
+
+@cache
+def sql(name: str) -> str:
+    return resources.files("relay").joinpath("sql", f"{name}.sql").read_text()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(url, **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    return pool
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply schema.sql (idempotent) under an advisory lock; returns the schema version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        await conn.execute(sql("schema"))
+    return SCHEMA_VERSION
+
+
+class Store:
+    """Deliveries and integrations, as the worker needs them."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim(
+        self, *, limit: int, per_integration: int, lease_seconds: float
+    ) -> tuple[uuid.UUID, dict[str, list[Claimed]]]:
+        """Lease due deliveries; returns the lease token and the claims per integration id."""
+        token = uuid.uuid4()
+        rows = await self.pool.fetch(sql("claim"), limit, per_integration, lease_seconds, token)
+        groups: dict[str, list[Claimed]] = {}
+        for row in rows:
+            groups.setdefault(row["integration_id"], []).append(
+                Claimed(event_id=row["id"], attempts=row["attempts"], row=dict(row.items()))
+            )
+        return token, groups
+
+    async def integrations(self, ids: Sequence[str]) -> list[Mapping[str, Any]]:
+        return [dict(r.items()) for r in await self.pool.fetch(sql("integrations_by_id"), ids)]
+
+    async def complete(self, token: uuid.UUID, outcomes: Sequence[tuple[str, Outcome]]) -> int:
+        """Record (integration_id, outcome) pairs held under `token`; returns rows updated."""
+        if not outcomes:
+            return 0
+        result = await self.pool.execute(
+            sql("complete"),
+            token,
+            [i for i, _ in outcomes],
+            [o.event_id for _, o in outcomes],
+            [o.status.value for _, o in outcomes],
+            [o.attempts for _, o in outcomes],
+            [o.sent for _, o in outcomes],
+            [o.delay for _, o in outcomes],
+            [o.status_code for _, o in outcomes],
+            [o.error for _, o in outcomes],
+        )
+        return _row_count(result)
+
+    async def release(self, token: uuid.UUID, *, after_seconds: float = 0.0) -> int:
+        return _row_count(await self.pool.execute(sql("release"), token, after_seconds))
+
+    async def rate_limit(self, integration_id: str, seconds: float) -> None:
+        await self.pool.execute(sql("rate_limit"), integration_id, seconds)
+
+    async def insert_integration(self, values: Sequence[Any]) -> tuple[str, str | None]:
+        """Insert an integration (see insert_integration.sql for the parameter order)."""
+        for _ in range(2):
+            try:
+                row = await self.pool.fetchrow(sql("insert_integration"), *values)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "integrations_one_bare_message_id":
+                    raise
+                continue
+            assert row is not None
+            return row["id"], row["message_id_suffix"]
+        raise RuntimeError("could not insert the integration: concurrent creation kept racing")
+
+
+async def listen(
+    url: str, on_notify: Callable[[], None], on_lost: Callable[[], None]
+) -> asyncpg.Connection:
+    """A dedicated connection LISTENing for new deliveries."""
+    conn = await connect(url)
+    await conn.add_listener(NOTIFY_CHANNEL, lambda *_: on_notify())
+    conn.add_termination_listener(lambda _conn: on_lost())
+    return conn
+
+
+def _row_count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,1 @@
+relay/sql/schema.sql
