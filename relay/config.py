@@ -4,10 +4,12 @@ named by RELAY_ENV_FILE), validated at start-up so a bad value stops the process
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import pydantic_settings
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -128,6 +130,11 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(_env_file=env_file, **given)
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(exc)) from None
+    except pydantic_settings.SettingsError as exc:
+        # Raised (instead of a ValidationError) when a JSON-valued variable does not parse.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{match[1].upper()}" if match else "a RELAY_* variable"
+        raise SettingsError(f"invalid setting {name}: not valid JSON") from None
 
 
 def describe_settings_error(exc: ValidationError) -> str:

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from relay.model import REGION_ENDPOINTS, EventSettings, NonEmpty, Region, endpoint_error
 from relay.store import Store
@@ -33,19 +41,23 @@ class NewIntegration(BaseModel):
     app_id: NonEmpty
     write_key: Annotated[SecretStr, AfterValidator(_usable_key)]
     region: Region
-    endpoint: str | None = None
+    # Defaults to the region's first documented endpoint; must be one of the region's.
+    endpoint: str = Field(None, validate_default=True)
     name: str | None = Field(None, max_length=200)
     event_settings: EventSettings = Field(default_factory=EventSettings)
 
-    @model_validator(mode="after")
-    def _endpoint_for_region(self) -> NewIntegration:
-        if self.endpoint is None:
-            self.endpoint = REGION_ENDPOINTS[self.region][0]
-        error = endpoint_error(self.region, self.endpoint)
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint_for_region(cls, value: str | None, info: ValidationInfo) -> str | None:
+        region = info.data.get("region")
+        if region is None:
+            return value  # the region itself is invalid and reported
+        if value is None:
+            return REGION_ENDPOINTS[region][0]
+        error = endpoint_error(region, value)
         if error:
             raise ValueError(error)
-        self.endpoint = self.endpoint.rstrip("/")
-        return self
+        return value.rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def parse_duration(text: str) -> float:
 
 def parse_schedule(text: str) -> tuple[float, ...]:
     """`1m,2m,4m,…,6h` → delays in seconds; an empty text means no retries."""
-    parts = [p for p in text.split(",") if p.strip()]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
     return tuple(parse_duration(p) for p in parts)
 
 

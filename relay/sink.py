@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,6 +70,22 @@ class Received:
         }
 
 
+@dataclass(frozen=True)
+class RequestInfo:
+    """How one request authenticated and described itself (never the key itself)."""
+
+    path: str
+    status: int
+    events: int
+    key_hint: str
+    basic_auth: bool
+    basic_auth_has_colon: bool
+    body_write_key_matches: bool
+    content_type: str
+    user_agent: str
+    received_at: float
+
+
 @dataclass
 class Sink:
     """The server's state. `write_keys` empty: any key is accepted. `lenient_keys`: unknown keys
@@ -78,6 +95,7 @@ class Sink:
     lenient_keys: bool = False
     record_path: Path | None = None
     received: list[Received] = field(default_factory=list)
+    requests: list[RequestInfo] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
@@ -108,6 +126,7 @@ class Sink:
 
     def reset(self) -> None:
         self.received.clear()
+        self.requests.clear()
         self.faults.clear()
         self.counts.clear()
         self.dropped.clear()
@@ -136,7 +155,16 @@ class Sink:
 
     async def _ingest(self, request: web.Request, *, batch: bool) -> web.Response:
         self.counts["requests"] += 1
+        arrived = time.monotonic()
         raw = await request.read()
+        payload: Any = None
+        response = await self._answer(request, raw, batch)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            payload = orjson.loads(raw)
+        self.requests.append(_request_info(request, payload, response.status, batch, arrived))
+        return response
+
+    async def _answer(self, request: web.Request, raw: bytes, batch: bool) -> web.Response:
         limit = MAX_BATCH_BYTES if batch else MAX_CALL_BYTES
         if len(raw) > limit:
             return self._reject(400, f"request is {len(raw)} bytes, over the {limit} byte limit")
@@ -163,7 +191,9 @@ class Sink:
         ids = {str(c.get("messageId")) for c in calls}
         fault = self._take_fault(write_key, ids)
         if fault is not None:
-            return await self._serve_fault(fault)
+            response = await self._serve_fault(fault)
+            if not 200 <= fault.status < 300:
+                return response
 
         if self.write_keys and write_key not in self.write_keys:
             self.dropped["unknown_write_key"] += len(calls)
@@ -211,7 +241,7 @@ class Sink:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         if fault.rate_limit_reset is not None:
             headers["X-RateLimit-Reset"] = f"{fault.rate_limit_reset:g}"
-        if 200 <= fault.status < 300:
+        if 200 <= fault.status < 300:  # a slow success: the calls are accepted after the delay
             return web.json_response({"success": True}, status=fault.status, headers=headers)
         body = fault.body if fault.body is not None else f"injected fault {fault.status}"
         return web.Response(status=fault.status, text=body, headers=headers)
@@ -265,6 +295,31 @@ def _write_key(request: web.Request, payload: dict[str, Any]) -> str:
         return user.split(":", 1)[0]
     key = payload.get("writeKey")
     return key if isinstance(key, str) else ""
+
+
+def _request_info(
+    request: web.Request, payload: Any, status: int, batch: bool, arrived: float
+) -> RequestInfo:
+    header = request.headers.get("Authorization", "")
+    decoded = ""
+    if header.startswith("Basic "):
+        with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(header[6:], validate=True).decode()
+    body = payload if isinstance(payload, dict) else {}
+    key = _write_key(request, body)
+    calls = body.get("batch") if batch else [body]
+    return RequestInfo(
+        path=request.path,
+        status=status,
+        events=len(calls) if isinstance(calls, list) else 0,
+        key_hint=_hint(key),
+        basic_auth=bool(decoded),
+        basic_auth_has_colon=decoded.endswith(":"),
+        body_write_key_matches=bool(key) and body.get("writeKey") == key,
+        content_type=request.headers.get("Content-Type", ""),
+        user_agent=request.headers.get("User-Agent", ""),
+        received_at=arrived,
+    )
 
 
 def _hint(write_key: str) -> str:
