@@ -1,0 +1,172 @@
+"""What integration tests do again and again: settings pointed at the sinks, integrations,
+outbox inserts, a worker run, and reading deliveries back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.config import Settings
+from relay.daemon import run_worker
+from relay.integrations import NewIntegration, create_integration
+from relay.model import REGION_ENDPOINTS, Region
+from relay.store import Store
+from relay.worker import Worker
+
+GLOBAL = REGION_ENDPOINTS[Region.GLOBAL][0]
+EU = REGION_ENDPOINTS[Region.EU][0]
+EU_MANAGEMENT = REGION_ENDPOINTS[Region.EU][1]
+
+EVENT_COLUMNS = (
+    "id",
+    "organization_id",
+    "app_id",
+    "event_type",
+    "occurred_at",
+    "user_id",
+    "anonymous_id",
+    "survey_id",
+    "response_id",
+    "page_path",
+    "page_referrer",
+    "locale",
+    "traits",
+    "identities",
+    "references",
+)
+JSON_COLUMNS = {"traits", "identities", "references"}
+BASE_TIME = datetime(2026, 5, 13, 10, 14, tzinfo=UTC)
+
+
+def settings_for(
+    database_url: str, global_url: str, eu_url: str | None = None, **extra: Any
+) -> Settings:
+    """Daemon settings for tests: every official endpoint mapped to a local sink, quick polls."""
+    overrides = {GLOBAL: global_url, EU: eu_url or global_url, EU_MANAGEMENT: eu_url or global_url}
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "endpoint_overrides": overrides,
+        "poll_interval_seconds": 0.05,
+        "shutdown_grace_seconds": 5.0,
+        "http_timeout_seconds": 5.0,
+        "rate_limit_per_second": 1000.0,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+async def add_integration(
+    pool: asyncpg.Pool,
+    *,
+    write_key: str = "key-global-0001",
+    region: str = "global",
+    organization_id: str = "org_1",
+    app_id: str = "app_1",
+    endpoint: str | None = None,
+    event_settings: Mapping[str, Any] | None = None,
+) -> str:
+    new = NewIntegration.model_validate(
+        {
+            "organization_id": organization_id,
+            "app_id": app_id,
+            "write_key": write_key,
+            "region": region,
+            "endpoint": endpoint,
+            "event_settings": event_settings or {},
+        }
+    )
+    return (await create_integration(Store(pool), new)).id
+
+
+def event(n: int | str, event_type: str = "Flow Viewed", **fields: Any) -> dict[str, Any]:
+    """An outbox row with sensible defaults; `fields` override or add columns."""
+    row: dict[str, Any] = {
+        "id": f"evt_{n}",
+        "organization_id": "org_1",
+        "app_id": "app_1",
+        "event_type": event_type,
+        "occurred_at": BASE_TIME + timedelta(seconds=int(n) if str(n).isdigit() else 0),
+        "anonymous_id": f"anon_{n}",
+    }
+    row.update(fields)
+    return row
+
+
+async def insert_events(pool: asyncpg.Pool, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows the way the product would, in one statement."""
+    columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+    kinds = ["timestamptz" if c == "occurred_at" else "text" for c in EVENT_COLUMNS]
+    params = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(kinds, 1))
+    select = ", ".join(
+        f"c{i}::jsonb" if c in JSON_COLUMNS else f"c{i}" for i, c in enumerate(EVENT_COLUMNS)
+    )
+    names = ", ".join(f"c{i}" for i in range(len(EVENT_COLUMNS)))
+    sql = (
+        f"INSERT INTO relay.events ({columns}) SELECT {select} FROM unnest({params}) AS u({names})"
+    )
+    values = [
+        [_json_text(row.get(c)) if c in JSON_COLUMNS else row.get(c) for row in rows]
+        for c in EVENT_COLUMNS
+    ]
+    await pool.execute(sql, *values)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def run_until_idle(settings: Settings) -> Worker:
+    return await run_worker(settings, until_idle=True)
+
+
+async def deliveries(
+    pool: asyncpg.Pool, integration_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """event_id → delivery row (of one integration, or of the only one)."""
+    rows = await pool.fetch(
+        "SELECT *, extract(epoch FROM next_attempt_at - last_attempt_at) AS wait_seconds "
+        "FROM relay.deliveries WHERE $1::text IS NULL OR integration_id = $1",
+        integration_id,
+    )
+    return {r["event_id"]: dict(r.items()) for r in rows}
+
+
+async def fast_forward(pool: asyncpg.Pool) -> None:
+    """Make every scheduled retry due now, instead of sleeping through the schedule."""
+    await pool.execute(
+        "UPDATE relay.deliveries SET next_attempt_at = now() WHERE status = 'pending'"
+    )
+    await pool.execute("UPDATE relay.integrations SET rate_limited_until = NULL")
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: float) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+def relay_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay", *args]
+
+
+def subprocess_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_LOG_FORMAT"] = "json"
+    env.update(values)
+    return env

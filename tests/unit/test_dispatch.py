@@ -1,0 +1,139 @@
+"""Per-integration delivery decisions, against an in-memory twin of the sender port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from relay.dispatch import Claimed, deliver_group
+from relay.model import DeliveryStatus, Integration
+from relay.retry import Response, RetrySchedule
+
+
+class ScriptedSender:
+    """Answers each batch with `answer(message_ids)` and remembers what it was sent."""
+
+    def __init__(self, answer: Callable[[list[str]], Response]) -> None:
+        self.answer = answer
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, body: bytes) -> Response:
+        ids = [call["messageId"] for call in orjson.loads(body)["batch"]]
+        self.batches.append(ids)
+        return self.answer(ids)
+
+
+def _integration(**fields: Any) -> Integration:
+    values: dict[str, Any] = {
+        "id": "int_1",
+        "organization_id": "o",
+        "app_id": "a",
+        "write_key": "wk_secret",
+        "region": "global",
+        "endpoint": "https://api.segment.io",
+    }
+    values.update(fields)
+    return Integration.model_validate(values)
+
+
+def _claim(n: int, attempts: int = 0, **fields: Any) -> Claimed:
+    row: dict[str, Any] = {
+        "id": f"evt_{n}",
+        "organization_id": "o",
+        "app_id": "a",
+        "event_type": "Flow Viewed",
+        "occurred_at": f"2026-05-13T10:{n:02d}:00Z",
+        "anonymous_id": "anon",
+    }
+    row.update(fields)
+    return Claimed(event_id=f"evt_{n}", attempts=attempts, row=row)
+
+
+def ok(_ids: list[str]) -> Response:
+    return Response(200)
+
+
+async def _deliver(claims: list[Claimed], sender: ScriptedSender, **kwargs: Any) -> Any:
+    return await deliver_group(
+        kwargs.pop("integration", _integration()),
+        claims,
+        sender,
+        schedule=RetrySchedule(),
+        sent_at="2026-05-13T11:00:00.000Z",
+        **kwargs,
+    )
+
+
+async def test_calls_are_batched_in_time_order() -> None:
+    sender = ScriptedSender(ok)
+    result = await _deliver([_claim(3), _claim(1), _claim(2)], sender, max_events=2)
+    assert sender.batches == [["evt_1", "evt_2"], ["evt_3"]]
+    assert [o.status for o in result.outcomes] == [DeliveryStatus.DELIVERED] * 3
+    assert {o.attempts for o in result.outcomes} == {1}
+
+
+async def test_bisection_isolates_one_rejected_call() -> None:
+    sender = ScriptedSender(lambda ids: Response(400) if "evt_5" in ids else Response(200))
+    result = await _deliver([_claim(n) for n in range(1, 9)], sender)
+    status = {o.event_id: o.status for o in result.outcomes}
+    assert status.pop("evt_5") is DeliveryStatus.FAILED
+    assert set(status.values()) == {DeliveryStatus.DELIVERED}
+    assert result.requests == 7
+
+
+async def test_after_a_429_nothing_more_is_sent_and_the_rest_waits_uncounted() -> None:
+    sender = ScriptedSender(lambda _ids: Response(429, retry_after=30))
+    result = await _deliver([_claim(n) for n in range(1, 5)], sender, max_events=2)
+    assert sender.batches == [["evt_1", "evt_2"]]
+    assert result.rate_limited_for == 30
+    by_id = {o.event_id: o for o in result.outcomes}
+    assert (by_id["evt_1"].attempts, by_id["evt_1"].delay, by_id["evt_1"].sent) == (1, 60, True)
+    assert (by_id["evt_3"].attempts, by_id["evt_3"].delay, by_id["evt_3"].sent) == (0, 30, False)
+
+
+async def test_disabled_malformed_and_oversize_events_are_decided_without_sending() -> None:
+    sender = ScriptedSender(ok)
+    integration = _integration(event_settings={"Flow Dismissed": {"enabled": False}})
+    result = await _deliver(
+        [
+            _claim(1, event_type="Flow Dismissed"),
+            _claim(2, event_type="Nope"),
+            _claim(3, traits={"x": "y" * 40_000}),
+            _claim(4),
+        ],
+        sender,
+        integration=integration,
+    )
+    by_id = {o.event_id: o for o in result.outcomes}
+    assert by_id["evt_1"].status is DeliveryStatus.SKIPPED
+    assert by_id["evt_2"].status is DeliveryStatus.FAILED
+    assert not by_id["evt_2"].sent
+    assert by_id["evt_3"].status is DeliveryStatus.FAILED
+    assert "32768" in (by_id["evt_3"].error or "")
+    assert sender.batches == [["evt_4"]]
+
+
+async def test_the_last_retry_failing_makes_the_delivery_dead() -> None:
+    sender = ScriptedSender(lambda _ids: Response(500))
+    result = await _deliver([_claim(1, attempts=8), _claim(2, attempts=7)], sender)
+    by_id = {o.event_id: o for o in result.outcomes}
+    assert by_id["evt_1"].status is DeliveryStatus.FAILED
+    assert (by_id["evt_1"].error or "").startswith("gave up after 9 attempts")
+    assert (by_id["evt_2"].status, by_id["evt_2"].delay) == (DeliveryStatus.PENDING, 21600)
+
+
+async def test_second_integration_suffixes_its_message_ids() -> None:
+    sender = ScriptedSender(ok)
+    await _deliver([_claim(1)], sender, integration=_integration(message_id_suffix="abc123"))
+    assert sender.batches == [["evt_1.abc123"]]
+
+
+async def test_errors_recorded_never_contain_the_write_key() -> None:
+    sender = ScriptedSender(lambda _ids: Response(401, body="key wk_secret is invalid"))
+    result = await _deliver([_claim(1)], sender)
+    [outcome] = result.outcomes
+    assert outcome.error is not None
+    assert "wk_secret" not in outcome.error
+    assert "key **** is invalid" in outcome.error
