@@ -1,0 +1,73 @@
+"""The store's lease rules, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from relay.dispatch import Outcome
+from relay.model import DeliveryStatus
+from relay.store import Store
+from tests.helpers import add_integration, deliveries, event, insert_events
+
+
+def _delivered(event_id: str) -> Outcome:
+    return Outcome(event_id, DeliveryStatus.DELIVERED, 1, sent=True, status_code=200)
+
+
+async def test_a_claim_hides_rows_from_other_claims_until_its_lease_expires(
+    pool: asyncpg.Pool,
+) -> None:
+    await add_integration(pool)
+    await insert_events(pool, [event(1), event(2)])
+    store = Store(pool)
+
+    _token, first = await store.claim(limit=10, per_integration=10, lease_seconds=60)
+    _token, second = await store.claim(limit=10, per_integration=10, lease_seconds=60)
+    assert sum(len(c) for c in first.values()) == 2
+    assert second == {}
+
+
+async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrite(
+    pool: asyncpg.Pool,
+) -> None:
+    integration = await add_integration(pool)
+    await insert_events(pool, [event(1)])
+    store = Store(pool)
+
+    stale, _ = await store.claim(limit=10, per_integration=10, lease_seconds=0)
+    fresh, claims = await store.claim(limit=10, per_integration=10, lease_seconds=60)
+    assert [c.event_id for c in claims[integration]] == ["evt_1"]
+
+    assert await store.complete(stale, [(integration, _delivered("evt_1"))]) == 0
+    row = (await deliveries(pool))["evt_1"]
+    assert (row["status"], row["lease_token"]) == ("pending", fresh)
+
+    assert await store.complete(fresh, [(integration, _delivered("evt_1"))]) == 1
+    row = (await deliveries(pool))["evt_1"]
+    assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
+
+
+async def test_release_makes_rows_due_again_without_counting_an_attempt(pool: asyncpg.Pool) -> None:
+    await add_integration(pool)
+    await insert_events(pool, [event(1)])
+    store = Store(pool)
+
+    token, _ = await store.claim(limit=10, per_integration=10, lease_seconds=600)
+    assert await store.release(token) == 1
+    _token, again = await store.claim(limit=10, per_integration=10, lease_seconds=600)
+    [[claimed]] = again.values()
+    assert (claimed.event_id, claimed.attempts) == ("evt_1", 0)
+
+
+async def test_claims_are_capped_per_integration_and_in_all(pool: asyncpg.Pool) -> None:
+    for n in range(3):
+        await add_integration(pool, app_id=f"app_{n}", write_key=f"k{n}")
+    await insert_events(
+        pool, [event(n * 10 + i, app_id=f"app_{n}") for n in range(3) for i in range(5)]
+    )
+    store = Store(pool)
+
+    _token, claims = await store.claim(limit=7, per_integration=3, lease_seconds=60)
+    sizes = sorted(len(c) for c in claims.values())
+    assert sum(sizes) == 7
+    assert max(sizes) == 3
