@@ -16,6 +16,7 @@ from relay.daemon import run_worker
 from relay.embedded import embedded_postgres
 from relay.integrations import NewIntegration, create_integration
 from relay.logging import configure_logging
+from relay.outbox import insert_events
 from relay.sink import Sink, start_sink
 from relay.store import Store, connect, create_pool, migrate
 
@@ -56,32 +57,6 @@ SAMPLE_EVENTS: list[dict[str, Any]] = [
         "locale": "de-DE",
     },
 ]
-
-INSERT_EVENT = """
-INSERT INTO relay.events (id, organization_id, app_id, event_type, occurred_at, user_id,
-    anonymous_id, survey_id, response_id, page_path, page_referrer, locale, traits, identities,
-    "references")
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-    $13::jsonb[], $14::jsonb[], $15::jsonb[])
-"""
-EVENT_COLUMNS = (
-    "id",
-    "organization_id",
-    "app_id",
-    "event_type",
-    "occurred_at",
-    "user_id",
-    "anonymous_id",
-    "survey_id",
-    "response_id",
-    "page_path",
-    "page_referrer",
-    "locale",
-    "traits",
-    "identities",
-    "references",
-)
 
 
 @contextlib.contextmanager
@@ -187,6 +162,5 @@ async def _insert_samples(pool: Any, run: str, org: str, app: str) -> list[str]:
             **sample,
         }
         rows.append(row)
-    columns = [[row.get(c) for row in rows] for c in EVENT_COLUMNS]
-    await pool.execute(INSERT_EVENT, *columns)
+    await insert_events(pool, rows)
     return [row["id"] for row in rows]

@@ -89,17 +89,22 @@ class RunningSink:
         self.url = url
 
 
-@pytest.fixture
-async def sink() -> AsyncIterator[RunningSink]:
+async def _serve_sink() -> AsyncIterator[RunningSink]:
     s = Sink()
     runner, url = await start_sink(s)
     yield RunningSink(s, url)
     await runner.cleanup()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[RunningSink]:
+    """The sink the global endpoint is mapped to (and the EU ones, unless eu_sink is used)."""
+    async for running in _serve_sink():
+        yield running
 
 
 @pytest.fixture
 async def eu_sink() -> AsyncIterator[RunningSink]:
-    s = Sink()
-    runner, url = await start_sink(s)
-    yield RunningSink(s, url)
-    await runner.cleanup()
+    """A second sink, for the EU endpoints."""
+    async for running in _serve_sink():
+        yield running

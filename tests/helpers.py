@@ -7,17 +7,17 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
 from relay.config import Settings
 from relay.daemon import run_worker
 from relay.integrations import NewIntegration, create_integration
 from relay.model import REGION_ENDPOINTS, Region
+from relay.outbox import insert_events as insert_events  # re-exported for the tests
 from relay.store import Store
 from relay.worker import Worker
 
@@ -25,24 +25,6 @@ GLOBAL = REGION_ENDPOINTS[Region.GLOBAL][0]
 EU = REGION_ENDPOINTS[Region.EU][0]
 EU_MANAGEMENT = REGION_ENDPOINTS[Region.EU][1]
 
-EVENT_COLUMNS = (
-    "id",
-    "organization_id",
-    "app_id",
-    "event_type",
-    "occurred_at",
-    "user_id",
-    "anonymous_id",
-    "survey_id",
-    "response_id",
-    "page_path",
-    "page_referrer",
-    "locale",
-    "traits",
-    "identities",
-    "references",
-)
-JSON_COLUMNS = {"traits", "identities", "references"}
 BASE_TIME = datetime(2026, 5, 13, 10, 14, tzinfo=UTC)
 
 
@@ -98,29 +80,6 @@ def event(n: int | str, event_type: str = "Flow Viewed", **fields: Any) -> dict[
     }
     row.update(fields)
     return row
-
-
-async def insert_events(pool: asyncpg.Pool, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows the way the product would, in one statement."""
-    columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
-    kinds = ["timestamptz" if c == "occurred_at" else "text" for c in EVENT_COLUMNS]
-    params = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(kinds, 1))
-    select = ", ".join(
-        f"c{i}::jsonb" if c in JSON_COLUMNS else f"c{i}" for i, c in enumerate(EVENT_COLUMNS)
-    )
-    names = ", ".join(f"c{i}" for i in range(len(EVENT_COLUMNS)))
-    sql = (
-        f"INSERT INTO relay.events ({columns}) SELECT {select} FROM unnest({params}) AS u({names})"
-    )
-    values = [
-        [_json_text(row.get(c)) if c in JSON_COLUMNS else row.get(c) for row in rows]
-        for c in EVENT_COLUMNS
-    ]
-    await pool.execute(sql, *values)
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
 
 
 async def run_until_idle(settings: Settings) -> Worker:
