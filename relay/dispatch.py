@@ -56,6 +56,7 @@ class Outcome:
     delay: float | None = None
     status_code: int | None = None
     error: str | None = None
+    duration_ms: int | None = None
 
 
 SendBatch = Callable[[bytes], Awaitable[Response]]
@@ -147,19 +148,21 @@ def _after_send(
     schedule: RetrySchedule,
 ) -> Outcome:
     attempts = item.attempts + 1
-    code = response.status
+    code, took = response.status, response.duration_ms
     if verdict is Verdict.DELIVERED:
-        return Outcome(item.event_id, DeliveryStatus.DELIVERED, attempts, True, status_code=code)
+        return Outcome(
+            item.event_id, DeliveryStatus.DELIVERED, attempts, True, None, code, None, took
+        )
     secret = integration.write_key.get_secret_value()
     reason = describe_failure(response, integration.endpoint, secret)
     if verdict is Verdict.RETRY:
         delay = retry_delay(schedule, attempts, response.retry_after)
         if delay is not None:
             return Outcome(
-                item.event_id, DeliveryStatus.PENDING, attempts, True, delay, code, reason
+                item.event_id, DeliveryStatus.PENDING, attempts, True, delay, code, reason, took
             )
         reason = f"gave up after {attempts} attempts; last: {reason}"
-    return Outcome(item.event_id, DeliveryStatus.FAILED, attempts, True, None, code, reason)
+    return Outcome(item.event_id, DeliveryStatus.FAILED, attempts, True, None, code, reason, took)
 
 
 def _failed_unsent(item: Claimed, reason: str) -> Outcome:

@@ -36,6 +36,7 @@ class Response:
     body: str = ""
     retry_after: float | None = None
     network_error: str | None = None
+    duration_ms: int | None = None
 
 
 def classify(status: int | None) -> Verdict:
@@ -157,6 +158,18 @@ def describe_failure(response: Response, endpoint: str, secret: str) -> str:
     if status == 429:
         return f"HTTP 429 from {host}: rate limited by Segment{said}"
     return f"HTTP {status} from {host}{said}"
+
+
+def describe_check(response: Response, endpoint: str, secret: str, msg_id: str) -> tuple[bool, str]:
+    """What the answer to a test call means, in plain words; True when Segment accepted it."""
+    if response.status is not None and 200 <= response.status < 300:
+        return True, (
+            f"Segment ({_host(endpoint)}) accepted the test call (HTTP {response.status}). "
+            "That does not prove the write key is right: Segment answers 200 to unknown keys "
+            "too. To confirm, open this source's debugger in Segment and look for the event "
+            f"'Relay Test Event' with messageId {msg_id}."
+        )
+    return False, describe_failure(response, endpoint, secret)
 
 
 def _host(endpoint: str) -> str:

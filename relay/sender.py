@@ -4,6 +4,7 @@ point at) and report what came back. Keep-alive connections are pooled per host.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -60,6 +61,11 @@ class Sender:
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
         }
+        started = time.monotonic()
+
+        def took() -> int:
+            return round((time.monotonic() - started) * 1000)
+
         try:
             async with self._session.post(
                 self.batch_url(endpoint), data=body, headers=headers
@@ -69,10 +75,13 @@ class Sender:
                     status=resp.status,
                     body=raw[:MAX_BODY_BYTES].decode("utf-8", "replace"),
                     retry_after=server_delay(resp.headers, self._clock()),
+                    duration_ms=took(),
                 )
         except TimeoutError:
             total = self._timeout.total
-            return Response(status=None, network_error=f"timed out after {total:g}s")
+            error = f"timed out after {total:g}s"
+            return Response(status=None, network_error=error, duration_ms=took())
         except aiohttp.ClientError as exc:
             text = str(exc).replace(write_key, "****")
-            return Response(status=None, network_error=f"{type(exc).__name__}: {text}")
+            error = f"{type(exc).__name__}: {text}"
+            return Response(status=None, network_error=error, duration_ms=took())

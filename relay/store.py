@@ -11,10 +11,13 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from relay.dispatch import Claimed, Outcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# A connection of one's own or one borrowed from a pool: both run queries the same way.
+Conn = asyncpg.Connection | PoolConnectionProxy
 NOTIFY_CHANNEL = "relay_deliveries"
 # Any constant will do: it only keeps two `relay migrate` runs from interleaving.
 _MIGRATE_LOCK = 0x72656C6179
@@ -82,7 +85,7 @@ class Store:
         """Record (integration_id, outcome) pairs held under `token`; returns rows updated."""
         if not outcomes:
             return 0
-        result = await self.pool.execute(
+        updated: int = await self.pool.fetchval(
             sql("complete"),
             token,
             [i for i, _ in outcomes],
@@ -93,8 +96,9 @@ class Store:
             [o.delay for _, o in outcomes],
             [o.status_code for _, o in outcomes],
             [o.error for _, o in outcomes],
+            [o.duration_ms for _, o in outcomes],
         )
-        return _row_count(result)
+        return updated
 
     async def release(self, token: uuid.UUID, *, after_seconds: float = 0.0) -> int:
         return _row_count(await self.pool.execute(sql("release"), token, after_seconds))
@@ -102,18 +106,19 @@ class Store:
     async def rate_limit(self, integration_id: str, seconds: float) -> None:
         await self.pool.execute(sql("rate_limit"), integration_id, seconds)
 
-    async def insert_integration(self, values: Sequence[Any]) -> tuple[str, str | None]:
-        """Insert an integration (see insert_integration.sql for the parameter order)."""
-        for _ in range(2):
-            try:
-                row = await self.pool.fetchrow(sql("insert_integration"), *values)
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name != "integrations_one_bare_message_id":
-                    raise
-                continue
-            assert row is not None
-            return row["id"], row["message_id_suffix"]
-        raise RuntimeError("could not insert the integration: concurrent creation kept racing")
+
+async def insert_integration(conn: Conn, values: Sequence[Any]) -> str:
+    """Insert an integration (parameters in insert_integration.sql's order); returns its id.
+    Runs in a savepoint so the caller's transaction survives a lost first-integration race."""
+    for _ in range(2):
+        try:
+            async with conn.transaction():
+                integration_id: str = await conn.fetchval(sql("insert_integration"), *values)
+                return integration_id
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "integrations_one_bare_message_id":
+                raise
+    raise RuntimeError("could not insert the integration: concurrent creation kept racing")
 
 
 async def listen(

@@ -9,4 +9,4 @@ SELECT $1, $2, $3, $4, $5, $6, $7, $8,
            SELECT 1 FROM relay.integrations
            WHERE organization_id = $2 AND app_id = $3 AND message_id_suffix IS NULL
        ) THEN $9 END
-RETURNING id, message_id_suffix
+RETURNING id

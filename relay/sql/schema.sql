@@ -90,6 +90,39 @@ ALTER TABLE relay.deliveries SET (
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON relay.deliveries (integration_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_event ON relay.deliveries (event_id);
+-- version 2
+ALTER TABLE relay.deliveries ADD COLUMN IF NOT EXISTS last_duration_ms integer;
+CREATE INDEX IF NOT EXISTS deliveries_errors
+    ON relay.deliveries (integration_id, updated_at) WHERE last_error IS NOT NULL;
+
+-- Every send that did not deliver: retries and dead letters. The send that delivered is on the
+-- delivery row itself (last_attempt_at, last_status_code, last_duration_ms), so the happy path
+-- writes nothing here. Attempt numbers restart after a replay.
+CREATE TABLE IF NOT EXISTS relay.attempts (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    integration_id text NOT NULL,
+    event_id       text NOT NULL,
+    attempt        integer NOT NULL,
+    attempted_at   timestamptz NOT NULL DEFAULT now(),
+    status_code    integer,
+    error          text,
+    duration_ms    integer,
+    outcome        text NOT NULL CHECK (outcome IN ('retry', 'failed')),
+    FOREIGN KEY (integration_id, event_id)
+        REFERENCES relay.deliveries (integration_id, event_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON relay.attempts (event_id, integration_id, id);
+
+-- Who changed what, and when; never a write key. Kept after an integration is deleted.
+CREATE TABLE IF NOT EXISTS relay.audit_log (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at             timestamptz NOT NULL DEFAULT now(),
+    actor          text NOT NULL,
+    action         text NOT NULL,
+    integration_id text,
+    details        jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS audit_log_integration ON relay.audit_log (integration_id, id);
 
 -- Fan-out: one INSERT ... SELECT per INSERT statement on the outbox (not per row), and one
 -- constant notification per transaction (PostgreSQL folds identical payloads), so the trigger
@@ -115,5 +148,5 @@ CREATE OR REPLACE TRIGGER events_fan_out
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION relay.fan_out_events();
 
-INSERT INTO relay.schema_version (version) VALUES (1)
+INSERT INTO relay.schema_version (version) VALUES (2)
 ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = now();
