@@ -5,26 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import asyncpg
-import orjson
-from pydantic import ValidationError
+from typing import Any
 
 from relay import __version__
-from relay.config import Settings, SettingsError, load_settings
-from relay.daemon import check_schema, run_worker
-from relay.integrations import NewIntegration, create_integration
-from relay.logging import configure_logging, mask_url_password
-from relay.model import EventType
-from relay.sink import Sink, start_sink
-from relay.store import Store, connect, create_pool, migrate
+from relay.admin.cli import register as register_admin_commands
+from relay.config import Settings, load_settings
+from relay.errors import UserError
 
-EVENT_NAMES = ", ".join(repr(e.value) for e in EventType)
+# Database, HTTP and logging modules are imported by the handlers that need them, so `--help`
+# and argument errors answer at once.
 
 MAIN_HELP = """\
 relay forwards survey lifecycle events (Flow Viewed, Flow Dismissed, Response Submitted) from
@@ -40,13 +32,11 @@ environment:
   RELAY_DATABASE_URL        PostgreSQL URL (or --database-url)
   RELAY_ENDPOINT_OVERRIDES  JSON object, official Segment base URL -> replacement URL
   RELAY_RETRY_SCHEDULE      delays between retries (default 1m,2m,4m,8m,16m,32m,64m,6h)
+  RELAY_HTTP_LISTEN         admin API address (default 127.0.0.1:8080; off for none)
+  RELAY_ADMIN_TOKEN         Bearer token that turns the admin API on
   RELAY_ENV_FILE            optional file of RELAY_* settings
   (every setting is listed in the README)
 """
-
-
-class UsageError(Exception):
-    """Bad input on the command line; the message is one line naming the option."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,48 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, metavar="N", help="claim-and-send loops")
     p.set_defaults(handler=_cmd_run)
 
+    register_admin_commands(commands, database)
+
     p = commands.add_parser(
-        "integrations",
-        help="manage integrations (Segment destinations)",
-        description="Integrations connect an organization's app to one Segment source.",
-    )
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    c = sub.add_parser(
-        "create",
-        help="create an integration and print its id",
-        description="Create an integration. Events of the organization+app inserted from now "
-        "on are delivered to it. The write key is stored and never printed.",
-        epilog=f"events: {EVENT_NAMES}\n\nexample:\n  relay integrations create "
-        "--organization-id org_1 --app-id app_1 --write-key $KEY --region eu \\\n"
-        "      --rename 'Response Submitted=survey_responded' --disable 'Flow Dismissed'",
+        "admin",
+        help="serve the admin HTTP API without delivering",
+        description="Serve the admin API (/api/v1/…, OpenAPI at /api/v1/openapi.json) on "
+        "RELAY_HTTP_LISTEN without running deliveries. `relay run` serves the same API. "
+        "Requests need Authorization: Bearer <token>; with no RELAY_ADMIN_TOKEN(S) the API is off.",
         formatter_class=fmt,
     )
-    database(c)
-    c.add_argument("--organization-id", required=True, metavar="ORG")
-    c.add_argument("--app-id", required=True, metavar="APP")
-    c.add_argument(
-        "--write-key", required=True, metavar="KEY", help="the Segment source's write key"
-    )
-    c.add_argument("--region", required=True, choices=["global", "eu"])
-    c.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="global: https://api.segment.io; eu: https://events.eu1.segmentapis.com "
-        "(default) or https://eu1.api.segmentapis.com",
-    )
-    c.add_argument("--name", metavar="NAME", help="a label for people (default: Segment (REGION))")
-    c.add_argument(
-        "--rename",
-        action="append",
-        default=[],
-        metavar="EVENT=NAME",
-        help="send EVENT under another name (repeatable)",
-    )
-    c.add_argument(
-        "--disable", action="append", default=[], metavar="EVENT", help="do not send EVENT"
-    )
-    c.add_argument("--json", action="store_true", help='print {"id": …} instead of the bare id')
-    c.set_defaults(handler=_cmd_integrations_create)
+    database(p)
+    p.set_defaults(handler=_cmd_admin)
 
     p = commands.add_parser(
         "sink",
@@ -183,17 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (SettingsError, UsageError) as exc:
-        _fail(str(exc))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _fail(f"database error: {mask_url_password(str(exc))}")
+    except UserError as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        from relay.logging import mask_url_password
+
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            message = f"cannot reach PostgreSQL ({reason.lower()}): check RELAY_DATABASE_URL"
+        else:
+            message = f"PostgreSQL refused: {mask_url_password(str(exc))}"
+        print(f"relay: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"relay: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def _is_database_error(exc: Exception) -> bool:
+    """Cannot connect, or PostgreSQL refused: a one-line error, not a traceback."""
+    asyncpg = sys.modules.get("asyncpg")
+    database_errors = (asyncpg.PostgresError, asyncpg.InterfaceError) if asyncpg else ()
+    return isinstance(exc, (OSError, *database_errors))
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -201,8 +174,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    url = settings.require_database_url()
+    from relay.store import connect, migrate
+
+    url = _settings(args).require_database_url()
 
     async def go() -> int:
         conn = await connect(url)
@@ -216,73 +190,35 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args, concurrency=args.concurrency)
+def _daemon_settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    from relay.logging import configure_logging
+
+    settings = _settings(args, **extra)
     settings.require_database_url()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run_worker(settings, until_idle=args.until_idle))
+    return settings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from relay.daemon import run_worker
+
+    settings = _daemon_settings(args, concurrency=args.concurrency)
+    asyncio.run(run_worker(settings, until_idle=args.until_idle, serve_http=not args.until_idle))
     return 0
 
 
-def _event_settings(renames: list[str], disables: list[str]) -> dict[str, dict[str, Any]]:
-    valid = {e.value for e in EventType}
-    result: dict[str, dict[str, Any]] = {}
-    for item in renames:
-        event, sep, name = item.partition("=")
-        if not sep:
-            raise UsageError(f"--rename {item!r}: write it as EVENT=NEW_NAME")
-        if event not in valid:
-            raise UsageError(f"--rename: unknown event {event!r}; events are {EVENT_NAMES}")
-        result.setdefault(event, {})["rename"] = name
-    for event in disables:
-        if event not in valid:
-            raise UsageError(f"--disable: unknown event {event!r}; events are {EVENT_NAMES}")
-        result.setdefault(event, {})["enabled"] = False
-    return result
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from relay.daemon import serve_admin
 
-
-def parse_new_integration(values: dict[str, Any]) -> NewIntegration:
-    """Validate, naming the offending option in the error."""
-    try:
-        return NewIntegration.model_validate(values)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        field = str(error["loc"][0]) if error["loc"] else "value"
-        message = error["msg"].removeprefix("Value error, ")
-        option = "--" + field.replace("_", "-") if field in NewIntegration.model_fields else field
-        if field == "event_settings":
-            option = "--rename/--disable"
-        raise UsageError(f"invalid {option}: {message}") from None
-
-
-def _cmd_integrations_create(args: argparse.Namespace) -> int:
-    new = parse_new_integration(
-        {
-            "organization_id": args.organization_id,
-            "app_id": args.app_id,
-            "write_key": args.write_key,
-            "region": args.region,
-            "endpoint": args.endpoint,
-            "name": args.name,
-            "event_settings": _event_settings(args.rename, args.disable),
-        }
-    )
-    url = _settings(args).require_database_url()
-
-    async def go() -> str:
-        pool = await create_pool(url, max_size=1)
-        try:
-            await check_schema(pool)
-            return (await create_integration(Store(pool), new)).id
-        finally:
-            await pool.close()
-
-    integration_id = asyncio.run(go())
-    print(orjson.dumps({"id": integration_id}).decode() if args.json else integration_id)
+    asyncio.run(serve_admin(_daemon_settings(args)))
     return 0
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
+    from relay.daemon import on_signals
+    from relay.logging import configure_logging
+    from relay.sink import Sink, start_sink
+
     configure_logging()
     sink = Sink(
         write_keys=set(args.write_key), lenient_keys=args.lenient_keys, record_path=args.record
@@ -291,12 +227,12 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     async def serve() -> None:
         runner, url = await start_sink(sink, args.host, args.port)
         print(f"sink listening on {url} (stats: {url}/_sink/stats)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        stopped = asyncio.Event()
+        try:
+            async with on_signals(stopped.set):
+                await stopped.wait()
+        finally:
+            await runner.cleanup()
 
     asyncio.run(serve())
     return 0

@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic_settings
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay.errors import SettingsError
 from relay.model import ALL_ENDPOINTS
 from relay.retry import DEFAULT_SCHEDULE, RetrySchedule, parse_duration, parse_schedule
 from relay.segment import MAX_BATCH_EVENTS
@@ -37,6 +38,15 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_TOKEN_LENGTH = 16
+
+
+def _check_token(token: SecretStr) -> None:
+    if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"a token must be at least {MIN_TOKEN_LENGTH} characters")
 
 
 class Settings(BaseSettings):
@@ -81,6 +91,17 @@ class Settings(BaseSettings):
         30.0, description="on SIGTERM, how long in-flight sends may finish before release"
     )
     worker_id: str = Field(default_factory=_default_worker_id, description="name in logs")
+    http_listen: str = Field(
+        "127.0.0.1:8080",
+        description="HOST:PORT for the admin API (`relay run`, `relay admin`); off to serve none",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the admin API; audit actor 'admin'"
+    )
+    admin_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="named Bearer tokens, JSON {name: token}; the name is the audit actor",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a terminal, JSON otherwise"
@@ -102,6 +123,45 @@ class Settings(BaseSettings):
             cleaned[key] = replacement.rstrip("/")
         return cleaned
 
+    @field_validator("http_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "off":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT (or off)")
+        return value
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _named_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in value.items():
+            if not _TOKEN_NAME.fullmatch(name):
+                raise ValueError(f"token name {name!r} must be 1-64 letters, digits, . _ or -")
+            _check_token(token)
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_token(value)
+        return value
+
+    def listen_address(self) -> tuple[str, int] | None:
+        if self.http_listen == "off":
+            return None
+        host, _, port = self.http_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def api_tokens(self) -> dict[str, str]:
+        """Audit actor name → token, for the admin API; empty means the API is off."""
+        tokens = {name: t.get_secret_value() for name, t in self.admin_tokens.items()}
+        if self.admin_token is not None:
+            tokens["admin"] = self.admin_token.get_secret_value()
+        return tokens
+
     def base_url(self, endpoint: str) -> str:
         """Where requests for an official endpoint really go."""
         endpoint = endpoint.rstrip("/")
@@ -114,10 +174,6 @@ class Settings(BaseSettings):
                 "or --database-url"
             )
         return self.database_url
-
-
-class SettingsError(Exception):
-    """A setting the user must fix; the message is one line naming it."""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,16 +1,20 @@
-"""Wiring for `relay run`: a pool, a sender, a worker, signal handlers, and the start-up
-checks that keep a relay from running against a schema it does not understand."""
+"""Wiring for `relay run` and `relay admin`: a pool, a sender, the worker and/or the HTTP server,
+signal handlers, and the start-up check that keeps a relay off a schema it does not know."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 
-from relay.config import Settings, SettingsError
+from relay.config import Settings
+from relay.errors import SettingsError
 from relay.sender import Sender
 from relay.store import SCHEMA_VERSION, Store, create_pool
+from relay.web import start_http
 from relay.worker import Worker
 
 
@@ -34,9 +38,12 @@ async def check_schema(pool: asyncpg.Pool) -> None:
         )
 
 
-async def run_worker(settings: Settings, *, until_idle: bool) -> Worker:
-    """Run a worker until stopped (SIGTERM/SIGINT) or idle; returns it for its counts."""
-    pool = await create_pool(settings.require_database_url(), max_size=settings.concurrency + 2)
+@asynccontextmanager
+async def resources(
+    settings: Settings, pool_size: int
+) -> AsyncIterator[tuple[asyncpg.Pool, Sender]]:
+    """A checked pool and an HTTP sender, closed on the way out."""
+    pool = await create_pool(settings.require_database_url(), max_size=pool_size)
     try:
         await check_schema(pool)
         async with Sender(
@@ -44,15 +51,48 @@ async def run_worker(settings: Settings, *, until_idle: bool) -> Worker:
             total_timeout=settings.http_timeout_seconds,
             connect_timeout=settings.http_connect_timeout_seconds,
         ) as sender:
-            worker = Worker(settings, Store(pool), sender)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop)
-            try:
-                await worker.run(until_idle=until_idle)
-            finally:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            return worker
+            yield pool, sender
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def on_signals(stop: Callable[[], None]) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_worker(settings: Settings, *, until_idle: bool, serve_http: bool = False) -> Worker:
+    """Run a worker until SIGTERM/SIGINT or, with until_idle, until nothing is due; with
+    serve_http, the HTTP server runs alongside. Returns the worker for its counts."""
+    async with resources(settings, settings.concurrency + 3) as (pool, sender):
+        runner = await start_http(settings, pool, sender) if serve_http else None
+        try:
+            worker = Worker(settings, Store(pool), sender)
+            async with on_signals(worker.stop):
+                await worker.run(until_idle=until_idle)
+            return worker
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+
+
+async def serve_admin(settings: Settings) -> None:
+    """The HTTP server alone (no deliveries), until SIGTERM/SIGINT."""
+    if settings.listen_address() is None:
+        raise SettingsError("RELAY_HTTP_LISTEN is off: `relay admin` has nothing to serve")
+    async with resources(settings, 4) as (pool, sender):
+        runner = await start_http(settings, pool, sender)
+        assert runner is not None
+        stopped = asyncio.Event()
+        try:
+            async with on_signals(stopped.set):
+                await stopped.wait()
+        finally:
+            await runner.cleanup()

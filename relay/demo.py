@@ -11,14 +11,15 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay.admin.models import IntegrationCreate
+from relay.admin.service import AdminService
 from relay.config import Settings
 from relay.daemon import run_worker
 from relay.embedded import embedded_postgres
-from relay.integrations import NewIntegration, create_integration
 from relay.logging import configure_logging
 from relay.outbox import insert_events
 from relay.sink import Sink, start_sink
-from relay.store import Store, connect, create_pool, migrate
+from relay.store import connect, create_pool, migrate
 
 DEMO_WRITE_KEY = "demo-write-key-0001"
 SAMPLE_EVENTS: list[dict[str, Any]] = [
@@ -97,20 +98,20 @@ async def _demo(settings: Settings, url: str, out: TextIO) -> None:
         org, app = f"org_{run}", f"app_{run}"
         pool = await create_pool(url, max_size=2)
         try:
-            new = NewIntegration.model_validate(
+            new = IntegrationCreate.model_validate(
                 {
                     "organization_id": org,
                     "app_id": app,
                     "write_key": DEMO_WRITE_KEY,
                     "region": "global",
                     "name": "Demo source",
-                    "event_settings": {
+                    "events": {
                         "Response Submitted": {"rename": "survey_responded"},
                         "Flow Dismissed": {"enabled": False},
                     },
                 }
             )
-            created = await create_integration(Store(pool), new)
+            created = await AdminService(pool, "demo").create(new)
             out.write(
                 f"Integration {created.id} for {org}/{app}: 'Response Submitted' renamed to "
                 "'survey_responded', 'Flow Dismissed' disabled.\n"

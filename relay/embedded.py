@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from relay.config import SettingsError
+from relay.errors import SettingsError
 
 
 @contextmanager

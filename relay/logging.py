@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import BadHttpMessage
 
 SENSITIVE_KEYS = frozenset(
     {"write_key", "writekey", "authorization", "admin_token", "token", "password", "secret"}
@@ -38,29 +39,59 @@ def _json(obj: Any, **_kw: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+class _ClientProtocolErrors(logging.Filter):
+    """aiohttp logs a malformed client request with a traceback; one warning line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], BadHttpMessage):
+            record.msg = f"bad HTTP request from a client: {record.exc_info[1].message}"
+            record.args = ()
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
+    """One configuration for structlog and for the standard library's loggers (aiohttp,
+    asyncpg), so every line has the same format and goes through redaction."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    # Tracebacks never show local variables: they would print tokens and write keys.
     renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+        structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
         if console
         else structlog.processors.JSONRenderer(serializer=_json)
     )
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
     if not console:
-        processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        )
+    )
+    handler.addFilter(_ClientProtocolErrors())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.INFO))

@@ -3,6 +3,7 @@ shapes of an outbox event and an integration. Pure: no I/O."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -15,6 +16,7 @@ from pydantic import (
     Field,
     RootModel,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -58,6 +60,11 @@ class DeliveryStatus(StrEnum):
 
 
 RENAME_MAX_LENGTH = 200
+# Printable: no control characters (C0, DEL, C1) and no line or paragraph separators, with at
+# least one visible character. One pattern for validation and for the published JSON schema.
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029"
+RENAME_PATTERN = f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$"
+_RENAME = re.compile(RENAME_PATTERN)
 
 
 def endpoint_error(region: Region, endpoint: str) -> str | None:
@@ -78,9 +85,16 @@ def _check_rename(value: str | None) -> str | None:
         raise ValueError("a rename must be a non-empty name")
     if len(value) > RENAME_MAX_LENGTH:
         raise ValueError(f"a rename is at most {RENAME_MAX_LENGTH} characters")
-    if not value.isprintable():
-        raise ValueError("a rename must contain printable characters only")
+    if not _RENAME.match(value):
+        raise ValueError("a rename must be printable: no control characters or line breaks")
     return value
+
+
+Rename = Annotated[
+    str,
+    AfterValidator(_check_rename),
+    Field(json_schema_extra={"maxLength": RENAME_MAX_LENGTH, "pattern": RENAME_PATTERN}),
+]
 
 
 class EventSetting(BaseModel):
@@ -88,8 +102,8 @@ class EventSetting(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = True
-    rename: Annotated[str | None, AfterValidator(_check_rename)] = None
+    enabled: StrictBool = True
+    rename: Rename | None = None
 
 
 class EventSettings(RootModel[dict[EventType, EventSetting]]):
@@ -156,7 +170,10 @@ def _non_empty(value: str) -> str:
     return value
 
 
-NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+# The schema says what the validator enforces, so API clients (and schemathesis) can know it.
+NonEmpty = Annotated[
+    str, AfterValidator(_non_empty), Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})
+]
 JsonContainer = dict[str, Any] | list[Any]
 
 

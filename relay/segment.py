@@ -86,6 +86,27 @@ def build_track_call(event: Event, event_name: str, msg_id: str, sent_at: str) -
     return call
 
 
+CHECK_EVENT = "Relay Test Event"
+
+
+def build_check_call(integration_id: str, msg_id: str, sent_at: str) -> dict[str, Any]:
+    """The clearly labelled call `relay integrations test` sends to check a destination."""
+    return {
+        "type": "track",
+        "event": CHECK_EVENT,
+        "anonymousId": "relay-test",
+        "messageId": msg_id,
+        "timestamp": sent_at,
+        "sentAt": sent_at,
+        "context": {"library": LIBRARY},
+        "properties": {
+            "relay_test": True,
+            "integration_id": integration_id,
+            "note": "sent by `relay integrations test` to check this source; safe to ignore",
+        },
+    }
+
+
 def encode_call(call: dict[str, Any]) -> bytes:
     return orjson.dumps(call)
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import asyncpg
 
+from relay.admin.models import IntegrationCreate
+from relay.admin.service import AdminService
 from relay.config import Settings
 from relay.daemon import run_worker
-from relay.integrations import NewIntegration, create_integration
 from relay.model import REGION_ENDPOINTS, Region
 from relay.outbox import insert_events as insert_events  # re-exported for the tests
-from relay.store import Store
 from relay.worker import Worker
 
 GLOBAL = REGION_ENDPOINTS[Region.GLOBAL][0]
@@ -40,6 +40,8 @@ def settings_for(
         "shutdown_grace_seconds": 5.0,
         "http_timeout_seconds": 5.0,
         "rate_limit_per_second": 1000.0,
+        # One lane, so faults meet the batches tests expect; subprocess tests run the default.
+        "concurrency": 1,
     }
     values.update(extra)
     return Settings(**values)
@@ -55,17 +57,17 @@ async def add_integration(
     endpoint: str | None = None,
     event_settings: Mapping[str, Any] | None = None,
 ) -> str:
-    new = NewIntegration.model_validate(
+    new = IntegrationCreate.model_validate(
         {
             "organization_id": organization_id,
             "app_id": app_id,
             "write_key": write_key,
             "region": region,
             "endpoint": endpoint,
-            "event_settings": event_settings or {},
+            "events": event_settings or {},
         }
     )
-    return (await create_integration(Store(pool), new)).id
+    return (await AdminService(pool, "test").create(new)).id
 
 
 def event(n: int | str, event_type: str = "Flow Viewed", **fields: Any) -> dict[str, Any]:

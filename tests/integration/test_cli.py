@@ -45,7 +45,7 @@ async def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url: 
     for _ in range(2):
         result = relay("migrate", "--database-url", empty_database_url)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "schema relay is at version 1"
+        assert result.stdout.strip() == "schema relay is at version 2"
     conn = await asyncpg.connect(empty_database_url)
     try:
         tables = await conn.fetch(
@@ -55,6 +55,8 @@ async def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url: 
     finally:
         await conn.close()
     assert [t["table_name"] for t in tables] == [
+        "attempts",
+        "audit_log",
         "deliveries",
         "events",
         "integrations",
@@ -129,7 +131,8 @@ async def test_integrations_create_prints_the_id_and_never_the_key(database_url:
     assert as_json.returncode == 0
     assert plain.stdout.strip().startswith("int_")
     created = json.loads(as_json.stdout)
-    assert set(created) == {"id"}
+    assert created["id"].startswith("int_")
+    assert created["write_key_hint"] == "…1234"
     assert key not in plain.stdout + plain.stderr + as_json.stdout + as_json.stderr
 
     conn = await asyncpg.connect(database_url)
@@ -167,7 +170,7 @@ async def test_integrations_create_prints_the_id_and_never_the_key(database_url:
         ),
         (
             ["--region", "global", "--write-key", "two words"],
-            "invalid --write-key: must not contain spaces",
+            "invalid --write-key: must be visible ASCII characters without spaces",
         ),
         (
             ["--region", "global", "--rename", "Flow Clicked=x"],
@@ -236,3 +239,15 @@ def test_demo_with_no_database_starts_an_embedded_one() -> None:
     assert result.returncode == 0, result.stderr
     assert "Starting an embedded PostgreSQL" in result.stdout
     assert "Segment (the sink) received 3 track calls" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["run", "--until-idle"], ["integrations", "list"]]
+)
+def test_an_unreachable_database_is_one_line(command: list[str]) -> None:
+    result = relay(*command, RELAY_DATABASE_URL="postgresql://postgres@127.0.0.1:9/relay")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("relay: error: cannot reach PostgreSQL (")
+    assert line.endswith("): check RELAY_DATABASE_URL")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import SettingsError, load_settings
+from relay.config import load_settings
+from relay.errors import SettingsError
 from relay.retry import DEFAULT_SCHEDULE
 
 
