@@ -40,7 +40,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(url, **kwargs)
-    await _init_connection(conn)
+    try:
+        await _init_connection(conn)
+    except BaseException:  # including cancellation: never leave a half-made connection open
+        conn.terminate()
+        raise
     return conn
 
 
@@ -126,7 +130,11 @@ async def listen(
 ) -> asyncpg.Connection:
     """A dedicated connection LISTENing for new deliveries."""
     conn = await connect(url)
-    await conn.add_listener(NOTIFY_CHANNEL, lambda *_: on_notify())
+    try:
+        await conn.add_listener(NOTIFY_CHANNEL, lambda *_: on_notify())
+    except BaseException:
+        conn.terminate()
+        raise
     conn.add_termination_listener(lambda _conn: on_lost())
     return conn
 

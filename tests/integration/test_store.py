@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import asyncpg
 
 from relay.dispatch import Outcome
 from relay.model import DeliveryStatus
-from relay.store import Store
+from relay.store import Store, listen
 from tests.helpers import add_integration, deliveries, event, insert_events
 
 
@@ -71,3 +74,20 @@ async def test_claims_are_capped_per_integration_and_in_all(pool: asyncpg.Pool) 
     sizes = sorted(len(c) for c in claims.values())
     assert sum(sizes) == 7
     assert max(sizes) == 3
+
+
+async def test_a_listener_cancelled_while_connecting_leaves_no_connection_open(
+    database_url: str,
+) -> None:
+    """Shutdown can cancel the LISTEN connection mid-setup; it must not leak (a leaked
+    connection warns when collected, which this suite turns into an error)."""
+    for step in range(40):
+        task = asyncio.create_task(listen(database_url, lambda: None, lambda: None))
+        await asyncio.sleep(step * 0.0005)
+        task.cancel()
+        try:
+            conn = await task
+        except asyncio.CancelledError:
+            continue
+        await conn.close()
+    gc.collect()
