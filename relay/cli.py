@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         help="exit once nothing is due (batch jobs, demos, tests); retries scheduled for "
         "later stay in the database for the next run",
     )
-    p.add_argument("--concurrency", type=int, metavar="N", help="claim-and-send loops")
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="integration shares delivered at once"
+    )
     p.set_defaults(handler=_cmd_run)
 
     register_admin_commands(commands, database)
@@ -165,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_database_error(exc: Exception) -> bool:
     """Cannot connect, or PostgreSQL refused: a one-line error, not a traceback."""
     asyncpg = sys.modules.get("asyncpg")
-    database_errors = (asyncpg.PostgresError, asyncpg.InterfaceError) if asyncpg else ()
+    database_errors = (
+        (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+        if asyncpg
+        else ()
+    )
     return isinstance(exc, (OSError, *database_errors))
 
 

@@ -72,7 +72,13 @@ class Settings(BaseSettings):
     poll_interval_seconds: Seconds = Field(
         1.0, description="how often to look for due work when no notification arrives"
     )
-    concurrency: int = Field(4, ge=1, le=256, description="claim-and-send loops per process")
+    concurrency: int = Field(
+        16, ge=1, le=1024, description="integrations' shares being delivered at once per process"
+    )
+    concurrency_per_integration: int = Field(
+        2, ge=1, le=64, description="requests in flight per integration per process"
+    )
+    database_pool_size: int = Field(10, ge=2, le=200, description="connections per process")
     claim_limit: int = Field(
         2000, ge=1, description="deliveries claimed per round, all integrations"
     )
@@ -91,6 +97,23 @@ class Settings(BaseSettings):
         30.0, description="on SIGTERM, how long in-flight sends may finish before release"
     )
     worker_id: str = Field(default_factory=_default_worker_id, description="name in logs")
+    retention: Seconds = Field(
+        7 * 86400.0, description="delivered/skipped deliveries and their events are purged after"
+    )
+    failed_retention: Seconds = Field(
+        30 * 86400.0, description="dead letters (failed deliveries) are purged after"
+    )
+    purge_interval_seconds: Seconds = Field(300.0, description="how often retention runs")
+    purge_batch: int = Field(1000, ge=1, le=100_000, description="events deleted per statement")
+    metrics_per_integration: bool = Field(
+        False, description="label delivery and request metrics with the integration id"
+    )
+    metrics_interval_seconds: Seconds = Field(
+        15.0, description="how often the backlog gauges are read from the database"
+    )
+    stall_seconds: Seconds = Field(
+        120.0, description="/healthz fails when the claim loop has not turned for this long"
+    )
     http_listen: str = Field(
         "127.0.0.1:8080",
         description="HOST:PORT for the admin API (`relay run`, `relay admin`); off to serve none",

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
+import structlog
 
+from relay import metrics
 from relay.config import Settings
 from relay.errors import SettingsError
+from relay.retention import purge
 from relay.sender import Sender
 from relay.store import SCHEMA_VERSION, Store, create_pool
 from relay.web import start_http
-from relay.worker import Worker
+from relay.worker import DATABASE_ERRORS, Worker
+
+log = structlog.get_logger("relay.daemon")
 
 
 async def check_schema(pool: asyncpg.Pool) -> None:
@@ -69,18 +74,46 @@ async def on_signals(stop: Callable[[], None]) -> AsyncIterator[None]:
 
 
 async def run_worker(settings: Settings, *, until_idle: bool, serve_http: bool = False) -> Worker:
-    """Run a worker until SIGTERM/SIGINT or, with until_idle, until nothing is due; with
-    serve_http, the HTTP server runs alongside. Returns the worker for its counts."""
-    async with resources(settings, settings.concurrency + 3) as (pool, sender):
-        runner = await start_http(settings, pool, sender) if serve_http else None
+    """Run a worker until SIGTERM/SIGINT or, with until_idle, until nothing is due. As a daemon
+    (not until_idle) it also runs retention and the backlog gauges; with serve_http, the HTTP
+    server (admin API, /metrics, /healthz, /readyz). Returns the worker for its counts."""
+    async with resources(settings, settings.database_pool_size) as (pool, sender):
+        store = Store(pool)
+        worker = Worker(settings, store, sender)
+        runner = await start_http(settings, pool, sender, worker) if serve_http else None
+        chores = [] if until_idle else [
+            asyncio.create_task(_every(settings.purge_interval_seconds, purge, store, settings)),
+            asyncio.create_task(_every(settings.metrics_interval_seconds, read_backlog, store)),
+        ]  # fmt: skip
         try:
-            worker = Worker(settings, Store(pool), sender)
             async with on_signals(worker.stop):
                 await worker.run(until_idle=until_idle)
             return worker
         finally:
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
+
+
+async def _every(seconds: float, job: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run a background job now and then every `seconds`; a failure is logged, not fatal."""
+    while True:
+        try:
+            await job(*args)
+        except DATABASE_ERRORS as exc:
+            log.warning("background_job_failed", job=job.__name__, error=str(exc))
+        except Exception:
+            log.exception("background_job_failed", job=job.__name__)
+        await asyncio.sleep(seconds)
+
+
+async def read_backlog(store: Store) -> None:
+    backlog = await store.backlog()
+    for state in ("due", "scheduled", "failed"):
+        metrics.BACKLOG.labels(state).set(backlog[state])
+    metrics.OLDEST_DUE.set(backlog["oldest_due_seconds"])
 
 
 async def serve_admin(settings: Settings) -> None:
@@ -88,7 +121,7 @@ async def serve_admin(settings: Settings) -> None:
     if settings.listen_address() is None:
         raise SettingsError("RELAY_HTTP_LISTEN is off: `relay admin` has nothing to serve")
     async with resources(settings, 4) as (pool, sender):
-        runner = await start_http(settings, pool, sender)
+        runner = await start_http(settings, pool, sender, None)
         assert runner is not None
         stopped = asyncio.Event()
         try:

@@ -66,6 +66,7 @@ SendBatch = Callable[[bytes], Awaitable[Response]]
 class GroupResult:
     outcomes: list[Outcome] = field(default_factory=list)
     requests: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
     # Set when Segment answered 429: how long this integration must stay quiet.
     rate_limited_for: float | None = None
 
@@ -124,6 +125,7 @@ async def deliver_group(
             return
         response = await send(encode_batch([c.body for c in batch], write_key))
         result.requests += 1
+        result.batch_sizes.append(len(batch))
         verdict = classify(response.status)
         if verdict is Verdict.ISOLATE and len(batch) > 1:
             left, right = halves(batch)

@@ -345,7 +345,8 @@ async def start_sink(
     sink: Sink, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Serve `sink` in the running loop; returns the runner (to clean up) and its base URL."""
-    runner = web.AppRunner(sink.app(), access_log=None)
+    # A stand-in server: on shutdown, do not wait for slow answers it was told to give.
+    runner = web.AppRunner(sink.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     bound_port = runner.addresses[0][1]

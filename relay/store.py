@@ -15,12 +15,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from relay.dispatch import Claimed, Outcome
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A connection of one's own or one borrowed from a pool: both run queries the same way.
 Conn = asyncpg.Connection | PoolConnectionProxy
 NOTIFY_CHANNEL = "relay_deliveries"
-# Any constant will do: it only keeps two `relay migrate` runs from interleaving.
+# Any constants will do: they keep two `relay migrate` runs, or two purges, from interleaving.
 _MIGRATE_LOCK = 0x72656C6179
+_PURGE_LOCK = 0x72656C6170
 
 
 @cache
@@ -39,6 +40,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT)
     conn: asyncpg.Connection = await asyncpg.connect(url, **kwargs)
     try:
         await _init_connection(conn)
@@ -48,9 +50,20 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+# A statement that takes longer than this is treated as a lost connection, and a connection
+# attempt that takes longer as a failure: the worker backs off and retries instead of hanging.
+COMMAND_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=COMMAND_TIMEOUT,
+        timeout=CONNECT_TIMEOUT,
     )
     return pool
 
@@ -70,11 +83,21 @@ class Store:
         self.pool = pool
 
     async def claim(
-        self, *, limit: int, per_integration: int, lease_seconds: float
+        self,
+        *,
+        limit: int,
+        per_integration: int,
+        lease_seconds: float,
+        max_integrations: int,
+        exclude: Sequence[str] = (),
     ) -> tuple[uuid.UUID, dict[str, list[Claimed]]]:
-        """Lease due deliveries; returns the lease token and the claims per integration id."""
+        """Lease due deliveries of at most `max_integrations` integrations (none of `exclude`);
+        returns the lease token and the claims per integration id."""
         token = uuid.uuid4()
-        rows = await self.pool.fetch(sql("claim"), limit, per_integration, lease_seconds, token)
+        rows = await self.pool.fetch(
+            sql("claim"), limit, per_integration, lease_seconds, token, max_integrations,
+            list(exclude),
+        )  # fmt: skip
         groups: dict[str, list[Claimed]] = {}
         for row in rows:
             groups.setdefault(row["integration_id"], []).append(
@@ -104,8 +127,25 @@ class Store:
         )
         return updated
 
-    async def release(self, token: uuid.UUID, *, after_seconds: float = 0.0) -> int:
-        return _row_count(await self.pool.execute(sql("release"), token, after_seconds))
+    async def release(
+        self, token: uuid.UUID, integration_id: str, *, after_seconds: float = 0.0
+    ) -> int:
+        result = await self.pool.execute(sql("release"), token, integration_id, after_seconds)
+        return _row_count(result)
+
+    async def backlog(self) -> Mapping[str, Any]:
+        row = await self.pool.fetchrow(sql("backlog"))
+        assert row is not None
+        return dict(row.items())
+
+    async def purge_batch(self, *, done_seconds: float, failed_seconds: float, batch: int) -> int:
+        """Delete one batch of old events (and their deliveries); -1 when another worker holds
+        the purge lock."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PURGE_LOCK):
+                return -1
+            deleted: int = await conn.fetchval(sql("purge"), done_seconds, failed_seconds, batch)
+            return deleted
 
     async def rate_limit(self, integration_id: str, seconds: float) -> None:
         await self.pool.execute(sql("rate_limit"), integration_id, seconds)

@@ -1,9 +1,12 @@
 """The daemon loop: claim due deliveries, deliver each integration's share, record outcomes.
 
-Several loops ("lanes") run per process and any number of processes may share a database:
+One claim loop takes work while there is capacity (RELAY_CONCURRENCY shares in flight, at most
+RELAY_CONCURRENCY_PER_INTEGRATION of them per integration) and starts one task per
+integration's share. A slow or hanging endpoint therefore holds only its own slots: other
+integrations keep being claimed and delivered. Any number of processes may share a database:
 claims use FOR UPDATE SKIP LOCKED and a lease, so nothing is sent twice in normal operation and
 nothing is lost when a process dies (its lease expires and another worker re-sends the same
-messageIds). Settings of an integration are read at every claim, so renames, disables, pauses
+messageIds). An integration's settings are read at every claim, so renames, disables, pauses
 and key changes apply to the next send without a restart.
 """
 
@@ -22,6 +25,7 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 
+from relay import metrics
 from relay.config import Settings
 from relay.dispatch import Claimed, GroupResult, Outcome, deliver_group, hold
 from relay.model import DeliveryStatus, Integration, IntegrationStatus, describe_validation_error
@@ -35,9 +39,21 @@ log = structlog.get_logger("relay.worker")
 
 # How long to wait before retrying an integration whose stored settings do not validate.
 INVALID_INTEGRATION_DELAY = 60.0
-# After an unexpected error in a round, its claim is released this much later.
+# After an unexpected error while delivering, the share is released this much later.
 ROUND_ERROR_DELAY = 30.0
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# With --until-idle and work in flight, how often to look again.
+IDLE_CHECK = 0.05
+# Dead letters named in one log line.
+LOGGED_EVENT_IDS = 20
+# Everything a lost or refusing database can raise; InternalClientError covers protocol errors
+# when a connection dies mid-message (e.g. PostgreSQL restarted).
+DATABASE_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 class Backoff:
@@ -70,22 +86,38 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self._limiter = RateLimiter(settings.rate_limit_per_second)
         self._stopping = asyncio.Event()
-        self._wakes = [asyncio.Event() for _ in range(settings.concurrency)]
-        self._busy = 0
-        self._until_idle = False
+        self._wake = asyncio.Event()
+        self._in_flight: dict[asyncio.Task[None], tuple[str, float]] = {}
+        self._per_integration: Counter[str] = Counter()
+        self._failing: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._heartbeat = time.monotonic()
 
     def stop(self) -> None:
-        """Stop claiming; lanes finish what they hold (within the grace period)."""
+        """Stop claiming; shares in flight finish (within the grace period) or are released."""
         self._stopping.set()
         self.wake()
 
     def wake(self) -> None:
-        for event in self._wakes:
-            event.set()
+        self._wake.set()
+
+    def health(self) -> dict[str, Any]:
+        """Alive and not stuck: the claim loop turns, and no share outlives its lease."""
+        now = time.monotonic()
+        since_heartbeat = now - self._heartbeat
+        oldest = max((now - started for _, started in self._in_flight.values()), default=0.0)
+        stalled = since_heartbeat > self.settings.stall_seconds
+        overdue = oldest > self.settings.lease_seconds
+        return {
+            "status": "stalled" if stalled or overdue else "ok",
+            "seconds_since_claim_loop": round(since_heartbeat, 3),
+            "in_flight": len(self._in_flight),
+            "oldest_in_flight_seconds": round(oldest, 3),
+            "uptime_seconds": round(now - self._started, 3),
+        }
 
     async def run(self, *, until_idle: bool = False) -> Counter[str]:
         """Run until stop() (SIGTERM) or, with until_idle, until nothing is due."""
-        self._until_idle = until_idle
         log.info(
             "worker_started",
             worker_id=self.settings.worker_id,
@@ -93,86 +125,106 @@ class Worker:
             until_idle=until_idle,
         )
         listener = asyncio.create_task(self._listen())
-        lanes = [asyncio.create_task(self._lane(n)) for n in range(self.settings.concurrency)]
         try:
-            await self._stopping.wait()
-            _done, unfinished = await asyncio.wait(
-                lanes, timeout=self.settings.shutdown_grace_seconds
-            )
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            await self._claim_loop(until_idle)
+            await self._drain()
         finally:
-            for task in lanes:
-                task.cancel()
             listener.cancel()
-            await asyncio.gather(listener, *lanes, return_exceptions=True)
+            await asyncio.gather(listener, return_exceptions=True)
         log.info("worker_stopped", worker_id=self.settings.worker_id, **dict(self.counts))
         return self.counts
 
-    async def _lane(self, n: int) -> None:
-        wake = self._wakes[n]
+    async def _claim_loop(self, until_idle: bool) -> None:
+        s = self.settings
         backoff = Backoff()
         while not self._stopping.is_set():
-            wake.clear()
-            self._busy += 1
+            self._heartbeat = time.monotonic()
+            free = s.concurrency - len(self._in_flight)
+            if free <= 0:
+                await self._sleep(s.poll_interval_seconds)
+                continue
+            full = [
+                i for i, n in self._per_integration.items() if n >= s.concurrency_per_integration
+            ]
+            self._wake.clear()
             try:
-                worked = await self._round()
-                backoff.reset()
+                token, groups = await self.store.claim(
+                    limit=s.claim_limit,
+                    per_integration=s.claim_per_integration,
+                    lease_seconds=s.lease_seconds,
+                    max_integrations=free,
+                    exclude=full,
+                )
+                rows = await self._integrations(token, groups)
             except DATABASE_ERRORS as exc:
-                worked = False
                 wait = backoff.next()
                 log.warning("database_unavailable", error=str(exc), retry_in_seconds=wait)
-                await self._sleep(wake, wait)
+                await self._sleep(wait)
                 continue
             except Exception:
-                worked = False
-                log.exception("worker_round_failed")
-                await self._sleep(wake, backoff.next())
+                # A bug must not stop deliveries: log it, back off, claim again.
+                wait = backoff.next()
+                log.exception("claim_failed", retry_in_seconds=wait)
+                await self._sleep(wait)
                 continue
-            finally:
-                self._busy -= 1
-            if worked:
+            backoff.reset()
+            if groups:
+                sent_at = iso_timestamp(self.clock())
+                for integration_id, claims in groups.items():
+                    self._start(token, integration_id, rows.get(integration_id), claims, sent_at)
                 continue
-            if self._until_idle:
-                if self._busy == 0:
-                    self.stop()
-                    return
-                await self._sleep(wake, 0.05)
-            else:
-                await self._sleep(wake, self.settings.poll_interval_seconds)
+            if until_idle and not self._in_flight:
+                return
+            await self._sleep(IDLE_CHECK if until_idle else s.poll_interval_seconds)
 
-    async def _sleep(self, wake: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=seconds)
-
-    async def _round(self) -> bool:
-        """Claim once and deliver everything claimed; False when nothing was due."""
-        s = self.settings
-        token, groups = await self.store.claim(
-            limit=s.claim_limit,
-            per_integration=s.claim_per_integration,
-            lease_seconds=s.lease_seconds,
-        )
+    async def _integrations(
+        self, token: uuid.UUID, groups: Mapping[str, list[Claimed]]
+    ) -> dict[str, Mapping[str, Any]]:
         if not groups:
-            return False
+            return {}
         try:
-            rows = {r["id"]: r for r in await self.store.integrations(list(groups))}
-            sent_at = iso_timestamp(self.clock())
-            await asyncio.gather(
-                *(
-                    self._deliver(token, iid, rows.get(iid), claims, sent_at)
-                    for iid, claims in groups.items()
-                )
-            )
-        except asyncio.CancelledError:
-            released = await asyncio.shield(self.store.release(token))
-            self.counts["released"] += released
+            return {r["id"]: r for r in await self.store.integrations(list(groups))}
+        except BaseException:
+            for integration_id in groups:
+                await _quietly(self.store.release(token, integration_id))
             raise
-        except Exception:
-            await asyncio.shield(self.store.release(token, after_seconds=ROUND_ERROR_DELAY))
-            raise
-        return True
+
+    def _start(
+        self,
+        token: uuid.UUID,
+        integration_id: str,
+        row: Mapping[str, Any] | None,
+        claims: list[Claimed],
+        sent_at: str,
+    ) -> None:
+        task = asyncio.create_task(self._deliver(token, integration_id, row, claims, sent_at))
+        self._in_flight[task] = (integration_id, time.monotonic())
+        self._per_integration[integration_id] += 1
+        metrics.IN_FLIGHT.set(len(self._in_flight))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        integration_id, _ = self._in_flight.pop(task)
+        self._per_integration[integration_id] -= 1
+        if not self._per_integration[integration_id]:
+            del self._per_integration[integration_id]
+        metrics.IN_FLIGHT.set(len(self._in_flight))
+        self.wake()
+
+    async def _drain(self) -> None:
+        """After stop: let shares in flight finish within the grace period, cancel the rest
+        (each releases its rows at once)."""
+        tasks = list(self._in_flight)
+        if not tasks:
+            return
+        _done, unfinished = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _deliver(
         self,
@@ -183,6 +235,34 @@ class Worker:
         sent_at: str,
     ) -> None:
         bound = log.bind(integration_id=integration_id)
+        try:
+            await self._deliver_share(token, integration_id, row, claims, sent_at, bound)
+        except asyncio.CancelledError:
+            released = await _quietly(asyncio.shield(self.store.release(token, integration_id)))
+            self.counts["released"] += released or 0
+            raise
+        except DATABASE_ERRORS as exc:
+            bound.warning(
+                "share_abandoned",
+                error=str(exc),
+                events=len(claims),
+                note="the lease expires and the events are sent again with the same messageIds",
+            )
+        except Exception:
+            bound.exception("delivery_round_failed", events=len(claims))
+            await _quietly(
+                self.store.release(token, integration_id, after_seconds=ROUND_ERROR_DELAY)
+            )
+
+    async def _deliver_share(
+        self,
+        token: uuid.UUID,
+        integration_id: str,
+        row: Mapping[str, Any] | None,
+        claims: list[Claimed],
+        sent_at: str,
+        bound: Any,
+    ) -> None:
         if row is None:
             return  # deleted since the claim; its deliveries went with it
         try:
@@ -198,10 +278,16 @@ class Worker:
             return
 
         write_key = integration.write_key.get_secret_value()
+        region = integration.region.value
+        label = integration_id if self.settings.metrics_per_integration else ""
 
         async def send(body: bytes) -> Response:
             await self._limiter.acquire(integration_id)
-            return await self.sender.post_batch(integration.endpoint, write_key, body)
+            response = await self.sender.post_batch(integration.endpoint, write_key, body)
+            metrics.REQUESTS.labels(metrics.status_class(response.status), region, label).inc()
+            if response.duration_ms is not None:
+                metrics.REQUEST_SECONDS.labels(region).observe(response.duration_ms / 1000)
+            return response
 
         started = time.monotonic()
         result = await deliver_group(
@@ -212,31 +298,62 @@ class Worker:
             sent_at=sent_at,
             max_events=self.settings.batch_max_events,
         )
-        await self.store.complete(token, [(integration_id, o) for o in result.outcomes])
-        if result.rate_limited_for is not None:
-            await self.store.rate_limit(integration_id, result.rate_limited_for)
-            bound.warning("integration_rate_limited", wait_seconds=result.rate_limited_for)
-        self._report(bound, result, time.monotonic() - started)
+        await self._record(token, integration_id, result, bound)
+        self._observe(integration, claims, result, label)
+        self._report(bound, integration_id, result, time.monotonic() - started)
 
-    def _report(self, bound: Any, result: GroupResult, seconds: float) -> None:
-        """One line per integration and round; one more per dead letter and per retry batch."""
-        tally: Counter[str] = Counter()
-        retries: list[Outcome] = []
-        for o in result.outcomes:
-            if o.status is DeliveryStatus.PENDING:
-                tally["retried" if o.sent else "held"] += 1
-                if o.sent:
-                    retries.append(o)
-            else:
-                tally[o.status.value] += 1
-            if o.status is DeliveryStatus.FAILED:
-                bound.error(
-                    "delivery_failed",
-                    event_id=o.event_id,
-                    attempt=o.attempts,
-                    status_code=o.status_code,
-                    error=o.error,
+    async def _record(
+        self, token: uuid.UUID, integration_id: str, result: GroupResult, bound: Any
+    ) -> None:
+        """Write the outcomes, retrying through a database outage: Segment already has these
+        events, and the worker is the only one that knows. (If the lease expired meanwhile and
+        another worker took the rows over, the lease token turns this write into a no-op.)"""
+        backoff = Backoff()
+        while True:
+            try:
+                await self.store.complete(token, [(integration_id, o) for o in result.outcomes])
+                if result.rate_limited_for is not None:
+                    await self.store.rate_limit(integration_id, result.rate_limited_for)
+                    bound.warning("integration_rate_limited", wait_seconds=result.rate_limited_for)
+                return
+            except DATABASE_ERRORS as exc:
+                wait = backoff.next()
+                bound.warning(
+                    "outcomes_not_recorded_yet",
+                    error=str(exc),
+                    events=len(result.outcomes),
+                    retry_in_seconds=wait,
                 )
+                await asyncio.sleep(wait)
+
+    def _observe(
+        self, integration: Integration, claims: list[Claimed], result: GroupResult, label: str
+    ) -> None:
+        region = integration.region.value
+        for size in result.batch_sizes:
+            metrics.BATCH_EVENTS.observe(size)
+        rows = {c.event_id: c.row for c in claims}
+        now = self.clock()
+        for o in result.outcomes:
+            metrics.DELIVERIES.labels(_outcome(o), region, label).inc()
+            if o.status is DeliveryStatus.DELIVERED:
+                row = rows[o.event_id]
+                if isinstance(row.get("created_at"), datetime):
+                    metrics.LATENCY.labels(region).observe(
+                        (now - row["created_at"]).total_seconds()
+                    )
+                if isinstance(row.get("occurred_at"), datetime):
+                    age = (now - row["occurred_at"]).total_seconds()
+                    metrics.EVENT_AGE.labels(region).observe(max(age, 0.0))
+            if o.sent and o.status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED):
+                metrics.ATTEMPTS.labels(o.status.value).observe(o.attempts)
+
+    def _report(self, bound: Any, integration_id: str, result: GroupResult, seconds: float) -> None:
+        """One line per share; one per batch of retries and of dead letters; one when an
+        integration starts failing and one when it recovers."""
+        tally = Counter(_outcome(o) for o in result.outcomes)
+        retries = [o for o in result.outcomes if _outcome(o) == "retried"]
+        dead = [o for o in result.outcomes if o.status is DeliveryStatus.FAILED]
         if retries:
             first = retries[0]
             bound.warning(
@@ -247,6 +364,28 @@ class Worker:
                 status_code=first.status_code,
                 retry_in_seconds=first.delay,
                 error=first.error,
+            )
+        if dead:
+            bound.error(
+                "deliveries_failed",
+                events=len(dead),
+                event_ids=[o.event_id for o in dead[:LOGGED_EVENT_IDS]],
+                attempt=dead[0].attempts,
+                status_code=dead[0].status_code,
+                error=dead[0].error,
+            )
+        sent_failures = [o for o in retries + dead if o.sent]
+        if tally["delivered"] and integration_id in self._failing:
+            since = self._failing.pop(integration_id)
+            bound.info(
+                "integration_recovered", failed_for_seconds=round(time.monotonic() - since, 1)
+            )
+        elif sent_failures and not tally["delivered"] and integration_id not in self._failing:
+            self._failing[integration_id] = time.monotonic()
+            bound.warning(
+                "integration_failing",
+                status_code=sent_failures[0].status_code,
+                error=sent_failures[0].error,
             )
         self.counts.update(tally)
         bound.info(
@@ -264,9 +403,11 @@ class Worker:
             lost = asyncio.Event()
             try:
                 conn = await listen(url, self.wake, lost.set)
-            except DATABASE_ERRORS as exc:
+            except Exception as exc:
                 wait = backoff.next()
-                log.warning("listen_failed", error=str(exc), retry_in_seconds=wait)
+                log.warning(
+                    "listen_failed", error=f"{type(exc).__name__}: {exc}", retry_in_seconds=wait
+                )
                 await asyncio.sleep(wait)
                 continue
             backoff.reset()
@@ -275,4 +416,19 @@ class Worker:
                 log.warning("listen_connection_lost")
             finally:
                 if not conn.is_closed():
-                    await conn.close()
+                    conn.terminate()
+
+
+def _outcome(o: Outcome) -> str:
+    if o.status is DeliveryStatus.PENDING:
+        return "retried" if o.sent else "held"
+    return o.status.value
+
+
+async def _quietly(awaitable: Any) -> int | None:
+    """Best effort: a release that fails leaves the rows to their lease."""
+    try:
+        result: int = await awaitable
+    except DATABASE_ERRORS:
+        return None
+    return result

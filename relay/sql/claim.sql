@@ -1,17 +1,19 @@
--- Claim due deliveries fairly: integrations with due work in random order, at most
--- $2 deliveries from each, at most $1 in all. Claimed rows get a lease: next_attempt_at moves
--- $3 seconds ahead and lease_token = $4, so a dead worker's rows fall due again by themselves.
+-- Claim due deliveries fairly: at most $5 integrations with due work, in random order, none
+-- of those in $6 (already at their in-flight cap in this worker), at most $2 deliveries from
+-- each and $1 in all. Claimed rows get a lease: next_attempt_at moves $3 seconds ahead and
+-- lease_token = $4, so a dead worker's rows fall due again by themselves.
 WITH candidates AS (
     SELECT i.id
     FROM relay.integrations i
     WHERE i.status = 'active'
       AND (i.rate_limited_until IS NULL OR i.rate_limited_until <= now())
+      AND i.id <> ALL ($6::text[])
       AND EXISTS (
           SELECT 1 FROM relay.deliveries d
           WHERE d.integration_id = i.id AND d.status = 'pending' AND d.next_attempt_at <= now()
       )
     ORDER BY random()
-    LIMIT $1
+    LIMIT $5
 ),
 picked AS (
     SELECT p.integration_id, p.event_id
@@ -36,6 +38,6 @@ claimed AS (
 SELECT c.integration_id, c.attempts,
        e.id, e.organization_id, e.app_id, e.event_type, e.occurred_at, e.user_id,
        e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer, e.locale,
-       e.traits, e.identities, e."references"
+       e.traits, e.identities, e."references", e.created_at
 FROM claimed c
 JOIN relay.events e ON e.id = c.event_id

@@ -124,6 +124,13 @@ CREATE TABLE IF NOT EXISTS relay.audit_log (
 );
 CREATE INDEX IF NOT EXISTS audit_log_integration ON relay.audit_log (integration_id, id);
 
+-- version 3
+-- Dead letters by integration: replay, stats and the backlog gauge.
+CREATE INDEX IF NOT EXISTS deliveries_failed
+    ON relay.deliveries (integration_id) WHERE status = 'failed';
+-- Retention walks the outbox oldest first.
+CREATE INDEX IF NOT EXISTS events_created ON relay.events (created_at);
+
 -- Fan-out: one INSERT ... SELECT per INSERT statement on the outbox (not per row), and one
 -- constant notification per transaction (PostgreSQL folds identical payloads), so the trigger
 -- adds no per-row NOTIFY traffic to the product's inserts. SECURITY DEFINER: the product's role
@@ -148,5 +155,5 @@ CREATE OR REPLACE TRIGGER events_fan_out
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION relay.fan_out_events();
 
-INSERT INTO relay.schema_version (version) VALUES (2)
+INSERT INTO relay.schema_version (version) VALUES (3)
 ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = now();

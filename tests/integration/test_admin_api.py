@@ -65,7 +65,7 @@ async def api(database_url: str, sink: RunningSink, pool: asyncpg.Pool) -> Async
         admin_tokens={"ops": TOKEN, "ci": "ci-token-0123456789"},
     )
     async with Sender(base_url=settings.base_url, total_timeout=5, connect_timeout=2) as sender:
-        runner = await start_http(settings, pool, sender)
+        runner = await start_http(settings, pool, sender, None)
         assert runner is not None
         host, port = runner.addresses[0][:2]
         async with aiohttp.ClientSession() as session:
@@ -352,7 +352,7 @@ async def test_the_admin_api_is_off_without_a_token(
     settings = settings_for(database_url, sink.url, http_listen="127.0.0.1:0")
     async with Sender(base_url=settings.base_url, total_timeout=5, connect_timeout=2) as sender:
         with capture_logs() as logs:
-            runner = await start_http(settings, pool, sender)
+            runner = await start_http(settings, pool, sender, None)
         assert runner is not None
         host, port = runner.addresses[0][:2]
         try:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from relay.store import SCHEMA_VERSION
 from tests.conftest import _admin, with_database
 from tests.helpers import relay_command, subprocess_env
 
@@ -45,7 +46,7 @@ async def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url: 
     for _ in range(2):
         result = relay("migrate", "--database-url", empty_database_url)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "schema relay is at version 2"
+        assert result.stdout.strip() == f"schema relay is at version {SCHEMA_VERSION}"
     conn = await asyncpg.connect(empty_database_url)
     try:
         tables = await conn.fetch(

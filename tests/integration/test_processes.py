@@ -163,7 +163,7 @@ async def test_no_write_key_in_logs_or_recorded_errors(
     out, err = await worker.communicate()
 
     assert worker.returncode == 0
-    assert b"delivery_failed" in err
+    assert b"deliveries_failed" in err
     assert key.encode() not in out + err
     errors = [r["last_error"] for r in (await deliveries(pool)).values()]
     assert all("invalid write key ****" in e and key not in e for e in errors)

@@ -24,8 +24,12 @@ async def test_a_claim_hides_rows_from_other_claims_until_its_lease_expires(
     await insert_events(pool, [event(1), event(2)])
     store = Store(pool)
 
-    _token, first = await store.claim(limit=10, per_integration=10, lease_seconds=60)
-    _token, second = await store.claim(limit=10, per_integration=10, lease_seconds=60)
+    _token, first = await store.claim(
+        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
+    )
+    _token, second = await store.claim(
+        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
+    )
     assert sum(len(c) for c in first.values()) == 2
     assert second == {}
 
@@ -37,8 +41,10 @@ async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrit
     await insert_events(pool, [event(1)])
     store = Store(pool)
 
-    stale, _ = await store.claim(limit=10, per_integration=10, lease_seconds=0)
-    fresh, claims = await store.claim(limit=10, per_integration=10, lease_seconds=60)
+    stale, _ = await store.claim(limit=10, per_integration=10, lease_seconds=0, max_integrations=10)
+    fresh, claims = await store.claim(
+        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
+    )
     assert [c.event_id for c in claims[integration]] == ["evt_1"]
 
     assert await store.complete(stale, [(integration, _delivered("evt_1"))]) == 0
@@ -51,13 +57,18 @@ async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrit
 
 
 async def test_release_makes_rows_due_again_without_counting_an_attempt(pool: asyncpg.Pool) -> None:
-    await add_integration(pool)
+    integration = await add_integration(pool)
     await insert_events(pool, [event(1)])
     store = Store(pool)
 
-    token, _ = await store.claim(limit=10, per_integration=10, lease_seconds=600)
-    assert await store.release(token) == 1
-    _token, again = await store.claim(limit=10, per_integration=10, lease_seconds=600)
+    token, _ = await store.claim(
+        limit=10, per_integration=10, lease_seconds=600, max_integrations=10
+    )
+    assert await store.release(token, "int_other") == 0
+    assert await store.release(token, integration) == 1
+    _token, again = await store.claim(
+        limit=10, per_integration=10, lease_seconds=600, max_integrations=10
+    )
     [[claimed]] = again.values()
     assert (claimed.event_id, claimed.attempts) == ("evt_1", 0)
 
@@ -70,7 +81,9 @@ async def test_claims_are_capped_per_integration_and_in_all(pool: asyncpg.Pool) 
     )
     store = Store(pool)
 
-    _token, claims = await store.claim(limit=7, per_integration=3, lease_seconds=60)
+    _token, claims = await store.claim(
+        limit=7, per_integration=3, lease_seconds=60, max_integrations=10
+    )
     sizes = sorted(len(c) for c in claims.values())
     assert sum(sizes) == 7
     assert max(sizes) == 3
@@ -91,3 +104,21 @@ async def test_a_listener_cancelled_while_connecting_leaves_no_connection_open(
             continue
         await conn.close()
     gc.collect()
+
+
+async def test_claims_respect_the_integration_cap_and_exclusions(pool: asyncpg.Pool) -> None:
+    ids = [await add_integration(pool, app_id=f"app_{n}", write_key=f"k{n}") for n in range(3)]
+    await insert_events(
+        pool, [event(n * 10 + i, app_id=f"app_{n}") for n in range(3) for i in range(2)]
+    )
+    store = Store(pool)
+
+    _token, two = await store.claim(
+        limit=100, per_integration=100, lease_seconds=60, max_integrations=2
+    )
+    assert len(two) == 2
+    [rest] = set(ids) - set(two)
+    _token, none = await store.claim(
+        limit=100, per_integration=100, lease_seconds=60, max_integrations=5, exclude=[rest]
+    )
+    assert none == {}
