@@ -108,22 +108,25 @@ class Store:
     async def integrations(self, ids: Sequence[str]) -> list[Mapping[str, Any]]:
         return [dict(r.items()) for r in await self.pool.fetch(sql("integrations_by_id"), ids)]
 
-    async def complete(self, token: uuid.UUID, outcomes: Sequence[tuple[str, Outcome]]) -> int:
-        """Record (integration_id, outcome) pairs held under `token`; returns rows updated."""
+    async def complete(
+        self, token: uuid.UUID, integration_id: str, outcomes: Sequence[Outcome]
+    ) -> int:
+        """Record the outcomes of one integration's share held under `token`; returns rows
+        updated (fewer when a lease was lost to another worker)."""
         if not outcomes:
             return 0
         updated: int = await self.pool.fetchval(
             sql("complete"),
             token,
-            [i for i, _ in outcomes],
-            [o.event_id for _, o in outcomes],
-            [o.status.value for _, o in outcomes],
-            [o.attempts for _, o in outcomes],
-            [o.sent for _, o in outcomes],
-            [o.delay for _, o in outcomes],
-            [o.status_code for _, o in outcomes],
-            [o.error for _, o in outcomes],
-            [o.duration_ms for _, o in outcomes],
+            integration_id,
+            [o.event_id for o in outcomes],
+            [o.status.value for o in outcomes],
+            [o.attempts for o in outcomes],
+            [o.sent for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.error for o in outcomes],
+            [o.duration_ms for o in outcomes],
         )
         return updated
 

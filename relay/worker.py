@@ -271,10 +271,10 @@ class Worker:
             reason = f"integration settings are invalid: {describe_validation_error(exc)}"
             bound.error("integration_invalid", error=reason, held=len(claims))
             held = [hold(c, INVALID_INTEGRATION_DELAY, reason) for c in claims]
-            await self.store.complete(token, [(integration_id, o) for o in held])
+            await self.store.complete(token, integration_id, held)
             return
         if integration.status is IntegrationStatus.PAUSED:
-            await self.store.complete(token, [(integration_id, hold(c, 0.0)) for c in claims])
+            await self.store.complete(token, integration_id, [hold(c, 0.0) for c in claims])
             return
 
         write_key = integration.write_key.get_secret_value()
@@ -311,7 +311,7 @@ class Worker:
         backoff = Backoff()
         while True:
             try:
-                await self.store.complete(token, [(integration_id, o) for o in result.outcomes])
+                await self.store.complete(token, integration_id, result.outcomes)
                 if result.rate_limited_for is not None:
                     await self.store.rate_limit(integration_id, result.rate_limited_for)
                     bound.warning("integration_rate_limited", wait_seconds=result.rate_limited_for)

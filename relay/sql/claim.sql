@@ -2,6 +2,8 @@
 -- of those in $6 (already at their in-flight cap in this worker), at most $2 deliveries from
 -- each and $1 in all. Claimed rows get a lease: next_attempt_at moves $3 seconds ahead and
 -- lease_token = $4, so a dead worker's rows fall due again by themselves.
+-- The update finds the locked rows by ctid (a TID scan): joining on the key let the planner
+-- hash-join against a sequential scan of the whole table, a cost that grew with the backlog.
 WITH candidates AS (
     SELECT i.id
     FROM relay.integrations i
@@ -16,10 +18,10 @@ WITH candidates AS (
     LIMIT $5
 ),
 picked AS (
-    SELECT p.integration_id, p.event_id
+    SELECT p.ctid
     FROM candidates c
     CROSS JOIN LATERAL (
-        SELECT d.integration_id, d.event_id
+        SELECT d.ctid
         FROM relay.deliveries d
         WHERE d.integration_id = c.id AND d.status = 'pending' AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at
@@ -31,8 +33,7 @@ picked AS (
 claimed AS (
     UPDATE relay.deliveries d
     SET next_attempt_at = now() + make_interval(secs => $3), lease_token = $4, updated_at = now()
-    FROM picked p
-    WHERE d.integration_id = p.integration_id AND d.event_id = p.event_id
+    WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM picked))
     RETURNING d.integration_id, d.event_id, d.attempts
 )
 SELECT c.integration_id, c.attempts,

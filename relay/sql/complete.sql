@@ -1,33 +1,43 @@
--- Record the outcomes of one claim in one statement, and log every send that did not deliver.
--- Rows whose lease was lost (taken over by another worker after it expired) are left alone:
--- lease_token no longer matches.
+-- Record the outcomes of one integration's share in one statement, and log every send that did
+-- not deliver. Rows whose lease was lost (taken over by another worker after it expired) are
+-- left alone: lease_token no longer matches.
+-- The plan is pinned by its shape, not left to estimates: each outcome finds its row by primary
+-- key (a lateral lookup), and the update reaches it by ctid. A plain join let the planner
+-- hash-join against a sequential scan of the whole table, a cost that grew with the backlog.
 WITH u AS (
     SELECT *
-    FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::bool[], $7::float8[],
-                $8::int[], $9::text[], $10::int[])
-         AS u(integration_id, event_id, status, attempts, sent, delay, status_code, error,
-              duration_ms)
+    FROM unnest($3::text[], $4::text[], $5::int[], $6::bool[], $7::float8[], $8::int[],
+                $9::text[], $10::int[])
+         AS u(event_id, status, attempts, sent, delay, status_code, error, duration_ms)
+),
+held AS MATERIALIZED (
+    SELECT d.ctid AS tid, u.*
+    FROM u
+    CROSS JOIN LATERAL (
+        SELECT d.ctid
+        FROM relay.deliveries d
+        WHERE d.integration_id = $2 AND d.event_id = u.event_id AND d.lease_token = $1
+        LIMIT 1  -- at most one by key; also keeps the planner from flattening the lookup
+    ) d
 ),
 updated AS (
     UPDATE relay.deliveries AS d SET
-        status           = u.status,
-        attempts         = u.attempts,
-        next_attempt_at  = CASE WHEN u.status = 'pending'
-                                THEN now() + make_interval(secs => u.delay) END,
-        last_attempt_at  = CASE WHEN u.sent THEN now() ELSE d.last_attempt_at END,
-        last_status_code = CASE WHEN u.sent THEN u.status_code ELSE d.last_status_code END,
-        last_duration_ms = CASE WHEN u.sent THEN u.duration_ms ELSE d.last_duration_ms END,
-        last_error       = CASE WHEN u.sent OR u.error IS NOT NULL THEN u.error
+        status           = h.status,
+        attempts         = h.attempts,
+        next_attempt_at  = CASE WHEN h.status = 'pending'
+                                THEN now() + make_interval(secs => h.delay) END,
+        last_attempt_at  = CASE WHEN h.sent THEN now() ELSE d.last_attempt_at END,
+        last_status_code = CASE WHEN h.sent THEN h.status_code ELSE d.last_status_code END,
+        last_duration_ms = CASE WHEN h.sent THEN h.duration_ms ELSE d.last_duration_ms END,
+        last_error       = CASE WHEN h.sent OR h.error IS NOT NULL THEN h.error
                                 ELSE d.last_error END,
-        delivered_at     = CASE WHEN u.status = 'delivered' THEN now() ELSE d.delivered_at END,
+        delivered_at     = CASE WHEN h.status = 'delivered' THEN now() ELSE d.delivered_at END,
         lease_token      = NULL,
         updated_at       = now()
-    FROM u
-    WHERE d.integration_id = u.integration_id
-      AND d.event_id = u.event_id
-      AND d.lease_token = $1
+    FROM held h
+    WHERE d.ctid = h.tid
     RETURNING d.integration_id, d.event_id, d.status, d.attempts, d.last_status_code,
-              d.last_error, d.last_duration_ms, u.sent
+              d.last_error, d.last_duration_ms, h.sent
 ),
 logged AS (
     INSERT INTO relay.attempts

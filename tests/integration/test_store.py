@@ -47,11 +47,11 @@ async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrit
     )
     assert [c.event_id for c in claims[integration]] == ["evt_1"]
 
-    assert await store.complete(stale, [(integration, _delivered("evt_1"))]) == 0
+    assert await store.complete(stale, integration, [_delivered("evt_1")]) == 0
     row = (await deliveries(pool))["evt_1"]
     assert (row["status"], row["lease_token"]) == ("pending", fresh)
 
-    assert await store.complete(fresh, [(integration, _delivered("evt_1"))]) == 1
+    assert await store.complete(fresh, integration, [_delivered("evt_1")]) == 1
     row = (await deliveries(pool))["evt_1"]
     assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
 
