@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.model import DeliveryStatus, Event, Integration, MalformedEvent, parse_event
+from relay.model import DeliveryStatus, Event, Integration, MalformedEvent, Row, parse_event
 from relay.retry import (
     Response,
     RetrySchedule,
@@ -41,7 +41,7 @@ class Claimed:
 
     event_id: str
     attempts: int
-    row: Mapping[str, Any]
+    row: Row | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

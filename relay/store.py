@@ -101,7 +101,7 @@ class Store:
         groups: dict[str, list[Claimed]] = {}
         for row in rows:
             groups.setdefault(row["integration_id"], []).append(
-                Claimed(event_id=row["id"], attempts=row["attempts"], row=dict(row.items()))
+                Claimed(event_id=row["id"], attempts=row["attempts"], row=row)
             )
         return token, groups
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from relay.model import (
     REGION_ENDPOINTS,
+    Event,
     EventSettings,
     EventType,
     Integration,
     MalformedEvent,
     Region,
+    describe_validation_error,
     endpoint_error,
     parse_event,
 )
@@ -125,3 +130,77 @@ def test_every_bad_field_is_named_in_one_line() -> None:
 def test_a_time_without_zone_is_malformed() -> None:
     with pytest.raises(MalformedEvent, match="occurred_at: must carry a time zone"):
         parse_event(_row(occurred_at=datetime(2026, 5, 13, 10, 14)))
+
+
+# The full validation, which parse_event's fast path must agree with.
+_FULL = TypeAdapter(Event)
+_good = st.one_of(st.sampled_from(["x", " y ", "evt_1"]), st.text(min_size=1).filter(str.strip))
+_optional = st.one_of(st.none(), _good, st.sampled_from(["", "  "]))
+_container = st.one_of(
+    st.none(), st.dictionaries(st.text(), st.integers()), st.lists(st.integers())
+)
+_valid_rows = st.fixed_dictionaries(
+    {
+        **dict.fromkeys(("id", "organization_id", "app_id", "anonymous_id"), _good),
+        **dict.fromkeys(
+            ("user_id", "survey_id", "response_id", "page_path", "page_referrer"), _optional
+        ),
+        "locale": _optional,
+        "event_type": st.sampled_from([e.value for e in EventType]),
+        "occurred_at": st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=2))])),
+        "traits": st.one_of(st.none(), st.dictionaries(st.text(), st.integers())),
+        "identities": _container,
+        "references": _container,
+    }
+)
+
+
+_anything = st.one_of(
+    st.none(),
+    st.sampled_from(["", " \n", "Flow Viewed", "flow viewed", "2026-05-13T10:14:00Z", {0: "x"}]),
+    st.text(max_size=3),
+    st.integers(),
+    st.datetimes(timezones=st.sampled_from([None, UTC])),
+    st.dictionaries(st.one_of(st.text(max_size=2), st.integers()), st.integers(), max_size=2),
+    st.lists(st.integers(), max_size=2),
+)
+# A valid row with one or two fields replaced by anything at all.
+_rows = st.tuples(
+    _valid_rows,
+    st.lists(
+        st.tuples(st.sampled_from(sorted(f.name for f in dataclasses.fields(Event))), _anything),
+        max_size=2,
+    ),
+).map(lambda pair: {**pair[0], **dict(pair[1])})
+
+
+_BASE = {**_row(occurred_at=datetime(2026, 5, 13, tzinfo=UTC)), "locale": " "}
+
+
+@settings(max_examples=500, deadline=None)
+@given(_rows)
+@example({**_BASE, "traits": {0: "x"}})
+@example({**_BASE, "references": {0: 0}})
+@example({**_BASE, "identities": "x"})
+@example({**_BASE, "app_id": " "})
+@example({**_BASE, "occurred_at": datetime(2026, 5, 13)})
+@example({**_BASE, "event_type": {}})
+def test_the_fast_path_agrees_with_full_validation(row: dict[str, Any]) -> None:
+    """parse_event skips pydantic for plain rows; it must accept and reject exactly what the
+    model does, and build the same event."""
+    try:
+        expected: Event | str = _FULL.validate_python(row)
+    except ValidationError as exc:
+        expected = describe_validation_error(exc)
+    try:
+        got: Event | str = parse_event(row)
+    except MalformedEvent as exc:
+        got = str(exc)
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(_valid_rows)
+def test_valid_rows_take_the_fast_path_to_the_same_event(row: dict[str, Any]) -> None:
+    """The same agreement on rows the model accepts, which random rows seldom are."""
+    assert parse_event(row) == _FULL.validate_python(row)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from relay.model import Event, EventType
+from relay.model import Event, EventType, parse_event
 from relay.segment import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_ID_LENGTH,
@@ -31,7 +31,7 @@ def _event(**fields: object) -> Event:
         "anonymous_id": "anon_abc",
     }
     values.update(fields)
-    return Event.model_validate(values)
+    return parse_event(values)
 
 
 def test_timestamp_is_utc_iso8601_with_milliseconds() -> None:
