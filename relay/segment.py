@@ -43,8 +43,7 @@ def message_id(event_id: str, suffix: str | None) -> str:
 
 def iso_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds, as in the spec's example (`2026-05-13T10:14:00.000Z`)."""
-    utc = moment.astimezone(UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build_track_call(event: Event, event_name: str, msg_id: str, sent_at: str) -> dict[str, Any]:

@@ -329,24 +329,26 @@ class Worker:
     def _observe(
         self, integration: Integration, claims: list[Claimed], result: GroupResult, label: str
     ) -> None:
+        """Metrics for one share: label lookups once per share, not per event."""
         region = integration.region.value
         for size in result.batch_sizes:
             metrics.BATCH_EVENTS.observe(size)
+        for outcome, count in Counter(_outcome(o) for o in result.outcomes).items():
+            metrics.DELIVERIES.labels(outcome, region, label).inc(count)
         rows = {c.event_id: c.row for c in claims}
         now = self.clock()
+        latency, age = metrics.LATENCY.labels(region), metrics.EVENT_AGE.labels(region)
+        attempts = {s: metrics.ATTEMPTS.labels(s.value) for s in DONE}
         for o in result.outcomes:
-            metrics.DELIVERIES.labels(_outcome(o), region, label).inc()
             if o.status is DeliveryStatus.DELIVERED:
                 row = rows[o.event_id]
-                if isinstance(row.get("created_at"), datetime):
-                    metrics.LATENCY.labels(region).observe(
-                        (now - row["created_at"]).total_seconds()
-                    )
-                if isinstance(row.get("occurred_at"), datetime):
-                    age = (now - row["occurred_at"]).total_seconds()
-                    metrics.EVENT_AGE.labels(region).observe(max(age, 0.0))
-            if o.sent and o.status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED):
-                metrics.ATTEMPTS.labels(o.status.value).observe(o.attempts)
+                created, occurred = row.get("created_at"), row.get("occurred_at")
+                if isinstance(created, datetime):
+                    latency.observe((now - created).total_seconds())
+                if isinstance(occurred, datetime):
+                    age.observe(max((now - occurred).total_seconds(), 0.0))
+            if o.sent and o.status in attempts:
+                attempts[o.status].observe(o.attempts)
 
     def _report(self, bound: Any, integration_id: str, result: GroupResult, seconds: float) -> None:
         """One line per share; one per batch of retries and of dead letters; one when an
@@ -417,6 +419,9 @@ class Worker:
             finally:
                 if not conn.is_closed():
                     conn.terminate()
+
+
+DONE = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
 
 
 def _outcome(o: Outcome) -> str:
