@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay import __version__
+from relay import __version__, eventloop
 from relay.admin.cli import register as register_admin_commands
 from relay.config import Settings, load_settings
 from relay.errors import UserError
@@ -191,7 +191,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
-    version = asyncio.run(go())
+    version = eventloop.run(go())
     print(f"schema relay is at version {version}")
     return 0
 
@@ -209,14 +209,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from relay.daemon import run_worker
 
     settings = _daemon_settings(args, concurrency=args.concurrency)
-    asyncio.run(run_worker(settings, until_idle=args.until_idle, serve_http=not args.until_idle))
+    eventloop.run(run_worker(settings, until_idle=args.until_idle, serve_http=not args.until_idle))
     return 0
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
     from relay.daemon import serve_admin
 
-    asyncio.run(serve_admin(_daemon_settings(args)))
+    eventloop.run(serve_admin(_daemon_settings(args)))
     return 0
 
 
@@ -240,7 +240,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
         finally:
             await runner.cleanup()
 
-    asyncio.run(serve())
+    eventloop.run(serve())
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay import eventloop
 from relay.admin.models import IntegrationCreate
 from relay.admin.service import AdminService
 from relay.config import Settings
@@ -79,7 +79,7 @@ def _host_of(url: str) -> str:
 def run_demo(settings: Settings, out: TextIO) -> None:
     configure_logging("warning", settings.log_format)
     with _database(settings, out) as url:
-        asyncio.run(_demo(settings, url, out))
+        eventloop.run(_demo(settings, url, out))
 
 
 async def _demo(settings: Settings, url: str, out: TextIO) -> None:

@@ -4,7 +4,6 @@ for the admin service. Human tables by default, --json for scripts."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from relay import eventloop
 from relay.admin.models import (
     CheckResult,
     DiscardRequest,
@@ -63,7 +63,7 @@ def _with_service(args: argparse.Namespace, work: Callable[[AdminService], Await
         finally:
             await pool.close()
 
-    return asyncio.run(go())
+    return eventloop.run(go())
 
 
 def validate(model: type[BaseModel], values: dict[str, Any], options: dict[str, str]) -> Any:
