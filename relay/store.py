@@ -56,12 +56,20 @@ COMMAND_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release, a round trip after every pooled statement (a
+    fifth of the relay's CPU under steady traffic): pooled connections carry no session state
+    to undo (no SET, LISTEN or session advisory lock; the listener has its own connection), and
+    asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=COMMAND_TIMEOUT,
         timeout=CONNECT_TIMEOUT,
     )

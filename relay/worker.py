@@ -172,7 +172,9 @@ class Worker:
                 sent_at = iso_timestamp(self.clock())
                 for integration_id, claims in groups.items():
                     self._start(token, integration_id, rows.get(integration_id), claims, sent_at)
-                continue
+                if _maybe_more(groups, s.claim_limit, s.claim_per_integration, free):
+                    continue
+                # Everything due was taken: wait for a notification instead of asking again.
             if until_idle and not self._in_flight:
                 return
             await self._sleep(IDLE_CHECK if until_idle else s.poll_interval_seconds)
@@ -204,12 +206,20 @@ class Worker:
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        """Free the share's slots, and wake the claim loop only if it may be waiting for them:
+        waking on every finished share cost a claim query each under steady traffic."""
+        s = self.settings
         integration_id, _ = self._in_flight.pop(task)
+        was_full = (
+            len(self._in_flight) + 1 >= s.concurrency
+            or self._per_integration[integration_id] >= s.concurrency_per_integration
+        )
         self._per_integration[integration_id] -= 1
         if not self._per_integration[integration_id]:
             del self._per_integration[integration_id]
         metrics.IN_FLIGHT.set(len(self._in_flight))
-        self.wake()
+        if was_full:
+            self.wake()
 
     async def _drain(self) -> None:
         """After stop: let shares in flight finish within the grace period, cancel the rest
@@ -422,6 +432,17 @@ class Worker:
 
 
 DONE = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+def _maybe_more(
+    groups: Mapping[str, list[Claimed]], limit: int, per_integration: int, max_integrations: int
+) -> bool:
+    """Whether a claim may have left due work behind: it hit one of its caps."""
+    return (
+        sum(map(len, groups.values())) >= limit
+        or len(groups) >= max_integrations
+        or any(len(claims) >= per_integration for claims in groups.values())
+    )
 
 
 def _outcome(o: Outcome) -> str:
