@@ -57,6 +57,9 @@ async def test_two_workers_in_parallel_send_each_event_once(
 ) -> None:
     await add_integration(pool)
     await insert_events(pool, [event(n) for n in range(1, 3001)])
+    # Slow answers (60 batches of 50, 0.1 s each) keep the first worker from finishing alone
+    # before the second has started.
+    sink.sink.add_fault(Fault(status=200, delay=0.1, times=-1))
     env = _env(
         database_url, sink.url, RELAY_CLAIM_PER_INTEGRATION="100", RELAY_BATCH_MAX_EVENTS="50"
     )
