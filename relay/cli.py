@@ -12,6 +12,7 @@ from typing import Any
 
 from relay import __version__, eventloop
 from relay.admin.cli import register as register_admin_commands
+from relay.bench.cli import register as register_bench
 from relay.config import Settings, load_settings
 from relay.errors import UserError
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_run)
 
     register_admin_commands(commands, database)
+    register_bench(commands)
 
     p = commands.add_parser(
         "admin",

@@ -1,0 +1,1 @@
+"""`relay bench`: the relay against the obvious alternatives, on one machine."""

@@ -1,0 +1,153 @@
+"""`relay bench`: the relay's runs and the baselines', on one machine, in one table."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from relay import eventloop
+from relay.bench.harness import (
+    Child,
+    SinkProcess,
+    add_integrations,
+    child_env,
+    drop_database,
+    expected_sends,
+    fresh_database,
+    seed_events,
+    sink_process,
+)
+from relay.bench.report import Result, render
+from relay.bench.scenarios import BenchError, check_received, drain, fanout, steady
+from relay.errors import UsageError
+
+BASELINES = {
+    "naive": "(a) simplest outbox worker",
+    "procrastinate": "(b) procrastinate, job per delivery",
+    "segment": "(c) segment-analytics-python, in memory",
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int
+    integrations: int
+    fanout_events: int
+    rate: int
+    seconds: float
+    baseline_events: int
+    concurrency: int
+    memory_events: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Sizes:
+        quick = args.quick
+        return cls(
+            events=args.events or (20_000 if quick else 200_000),
+            integrations=args.integrations,
+            fanout_events=args.fanout_events or (4_000 if quick else 40_000),
+            rate=args.rate,
+            seconds=args.seconds or (5.0 if quick else 30.0),
+            baseline_events=args.baseline_events or (1_000 if quick else 5_000),
+            concurrency=args.baseline_concurrency,
+            memory_events=args.memory_events,
+        )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the scenarios `args` ask for and print the table."""
+    sizes = Sizes.from_args(args)
+    wanted = [b for b in args.baselines.split(",") if b and b != "none"]
+    unknown = set(wanted) - set(BASELINES)
+    if unknown:
+        raise UsageError(
+            f"--baselines: unknown {', '.join(sorted(unknown))}; use {', '.join(BASELINES)}"
+        )
+    with _server(args.database_url) as server_url:
+        results = eventloop.run(run_all(server_url, sizes, wanted, sys.stdout))
+    print()
+    print(render(results, results[0]))
+    if args.json:
+        print(json.dumps([r.as_json() for r in results], indent=2))
+    return 0
+
+
+@contextlib.contextmanager
+def _server(database_url: str | None) -> Iterator[str]:
+    if database_url:
+        yield database_url
+        return
+    from relay.embedded import embedded_postgres
+
+    with embedded_postgres() as url:
+        yield url
+
+
+async def run_all(server_url: str, sizes: Sizes, baselines: list[str], out: TextIO) -> list[Result]:
+    results: list[Result] = []
+
+    def done(result: Result) -> None:
+        results.append(result)
+        out.write(f"  {result.name}: {result.rate:,.0f} {result.unit}/s\n")
+        out.flush()
+
+    with sink_process() as sink:
+        out.write(f"drain: {sizes.events:,} events, {sizes.integrations} integrations\n")
+        done(await drain(server_url, sink, events=sizes.events, integrations=sizes.integrations))
+        out.write(f"fan-out: {sizes.fanout_events:,} events x 5 integrations\n")
+        done(await fanout(server_url, sink, events=sizes.fanout_events))
+        out.write(f"steady: {sizes.rate:,} events/s for {sizes.seconds:g} s\n")
+        done(
+            await steady(
+                server_url, sink, rate=sizes.rate, seconds=sizes.seconds,
+                integrations=sizes.integrations,
+            )
+        )  # fmt: skip
+        for name in baselines:
+            out.write(f"baseline {BASELINES[name]}: {sizes.baseline_events:,} events\n")
+            done(await baseline(server_url, sink, name, sizes))
+        if sizes.memory_events:
+            out.write(f"memory: {sizes.memory_events:,}-event backlog\n")
+            done(
+                await drain(
+                    server_url, sink, events=sizes.memory_events,
+                    integrations=sizes.integrations, name="big backlog",
+                )
+            )  # fmt: skip
+    return results
+
+
+async def baseline(server_url: str, sink: SinkProcess, name: str, sizes: Sizes) -> Result:
+    database = f"relay_bench_{os.getpid()}_{name}"
+    url = await fresh_database(server_url, database)
+    try:
+        await add_integrations(url, [f"app_{n}" for n in range(sizes.integrations)])
+        await seed_events(url, sizes.baseline_events, sizes.integrations)
+        sink.reset()
+        child = Child(
+            [sys.executable, "-m", "relay.bench.baselines", name, "--database-url", url,
+             "--sink", sink.url, "--concurrency", str(sizes.concurrency)],
+            child_env(),
+        )  # fmt: skip
+        measured = await child.wait_async()
+        if measured.returncode != 0:
+            raise BenchError(f"baseline {name} failed: {measured.log[-2000:]}")
+        report = json.loads(measured.log.strip().splitlines()[-1])
+        check_received(sink, expected_sends(sizes.baseline_events), f"baseline {name}")
+    finally:
+        await drop_database(server_url, database)
+    return Result(
+        BASELINES[name],
+        sizes.baseline_events,
+        report["seconds"],
+        cpu_seconds=report["cpu_seconds"],
+        peak_rss_mb=measured.peak_rss_mb,
+        note="" if name != "segment" else "not durable",
+        baseline=True,
+    )
