@@ -5,26 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
 from relay import eventloop
-from relay.bench.harness import (
-    Child,
-    SinkProcess,
-    add_integrations,
-    child_env,
-    drop_database,
-    expected_sends,
-    fresh_database,
-    seed_events,
-    sink_process,
-)
+from relay.bench.harness import Child, SinkProcess, child_env, sink_process
 from relay.bench.report import Result, render
-from relay.bench.scenarios import BenchError, check_received, drain, fanout, steady
+from relay.bench.scenarios import drain, fanout, run_on_backlog, steady
 from relay.errors import UsageError
 
 BASELINES = {
@@ -124,24 +113,18 @@ async def run_all(server_url: str, sizes: Sizes, baselines: list[str], out: Text
 
 
 async def baseline(server_url: str, sink: SinkProcess, name: str, sizes: Sizes) -> Result:
-    database = f"relay_bench_{os.getpid()}_{name}"
-    url = await fresh_database(server_url, database)
-    try:
-        await add_integrations(url, [f"app_{n}" for n in range(sizes.integrations)])
-        await seed_events(url, sizes.baseline_events, sizes.integrations)
-        sink.reset()
-        child = Child(
+    def start(url: str) -> Child:
+        return Child(
             [sys.executable, "-m", "relay.bench.baselines", name, "--database-url", url,
              "--sink", sink.url, "--concurrency", str(sizes.concurrency)],
             child_env(),
         )  # fmt: skip
-        measured = await child.wait_async()
-        if measured.returncode != 0:
-            raise BenchError(f"baseline {name} failed: {measured.log[-2000:]}")
-        report = json.loads(measured.log.strip().splitlines()[-1])
-        check_received(sink, expected_sends(sizes.baseline_events), f"baseline {name}")
-    finally:
-        await drop_database(server_url, database)
+
+    measured = await run_on_backlog(
+        server_url, sink, f"baseline {name}", start,
+        events=sizes.baseline_events, apps=sizes.integrations,
+    )  # fmt: skip
+    report = json.loads(measured.log.strip().splitlines()[-1])
     return Result(
         BASELINES[name],
         sizes.baseline_events,

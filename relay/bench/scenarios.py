@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 from relay.bench.harness import (
     SEED_EVENTS,
     Child,
+    Measured,
     SinkProcess,
     add_integrations,
     child_env,
@@ -32,7 +34,7 @@ class BenchError(UserError):
 
 
 def _db_name(scenario: str) -> str:
-    return f"relay_bench_{os.getpid()}_{scenario}"
+    return f"relay_bench_{os.getpid()}_{scenario.replace(' ', '_').replace('-', '_')}"
 
 
 def check_received(sink: SinkProcess, expected: int, what: str) -> None:
@@ -44,11 +46,40 @@ def check_received(sink: SinkProcess, expected: int, what: str) -> None:
         )
 
 
-async def _relay_drain(url: str, sink: SinkProcess) -> Child:
-    return Child(
+def _relay_drain(sink: SinkProcess) -> Callable[[str], Child]:
+    """A cold `relay run --until-idle` against the database it is given."""
+    return lambda url: Child(
         relay_argv("run", "--until-idle"),
         child_env(RELAY_DATABASE_URL=url, RELAY_ENDPOINT_OVERRIDES=overrides(sink.url)),
     )
+
+
+async def run_on_backlog(
+    server_url: str,
+    sink: SinkProcess,
+    name: str,
+    child: Callable[[str], Child],
+    *,
+    events: int,
+    apps: int,
+    per_app: int = 1,
+) -> Measured:
+    """In a fresh database with `per_app` integrations for each of `apps` apps and `events`
+    pending events, run the process `child` starts for the database's URL until it exits, and
+    check that every expected call reached the sink exactly once."""
+    database = _db_name(name)
+    url = await fresh_database(server_url, database)
+    try:
+        await add_integrations(url, [f"app_{n}" for n in range(apps)], per_app=per_app)
+        await seed_events(url, events, apps)
+        sink.reset()
+        measured = await child(url).wait_async()
+        if measured.returncode != 0:
+            raise BenchError(f"{name}: exited {measured.returncode}: {measured.log[-2000:]}")
+        check_received(sink, expected_sends(events) * per_app, name)
+    finally:
+        await drop_database(server_url, database)
+    return measured
 
 
 async def drain(
@@ -56,18 +87,9 @@ async def drain(
 ) -> Result:
     """A cold `relay run --until-idle` delivering `events` pending events of `integrations`
     integrations (both regions, one event type disabled, one renamed)."""
-    database = _db_name(name)
-    url = await fresh_database(server_url, database)
-    try:
-        await add_integrations(url, [f"app_{n}" for n in range(integrations)])
-        await seed_events(url, events, integrations)
-        sink.reset()
-        measured = await (await _relay_drain(url, sink)).wait_async()
-        if measured.returncode != 0:
-            raise BenchError(f"{name}: relay exited {measured.returncode}: {measured.log[-2000:]}")
-        check_received(sink, expected_sends(events), name)
-    finally:
-        await drop_database(server_url, database)
+    measured = await run_on_backlog(
+        server_url, sink, name, _relay_drain(sink), events=events, apps=integrations
+    )
     return Result(
         f"relay {name}",
         events,
@@ -80,18 +102,9 @@ async def drain(
 
 async def fanout(server_url: str, sink: SinkProcess, *, events: int, per_app: int = 5) -> Result:
     """Each event goes to `per_app` integrations of one app."""
-    database = _db_name("fanout")
-    url = await fresh_database(server_url, database)
-    try:
-        await add_integrations(url, ["app_0"], per_app=per_app)
-        await seed_events(url, events, 1)
-        sink.reset()
-        measured = await (await _relay_drain(url, sink)).wait_async()
-        if measured.returncode != 0:
-            raise BenchError(f"fan-out: relay exited {measured.returncode}: {measured.log[-2000:]}")
-        check_received(sink, expected_sends(events) * per_app, "fan-out")
-    finally:
-        await drop_database(server_url, database)
+    measured = await run_on_backlog(
+        server_url, sink, "fan-out", _relay_drain(sink), events=events, apps=1, per_app=per_app
+    )
     return Result(
         "relay fan-out",
         events * per_app,
