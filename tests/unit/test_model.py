@@ -204,3 +204,20 @@ def test_the_fast_path_agrees_with_full_validation(row: dict[str, Any]) -> None:
 def test_valid_rows_take_the_fast_path_to_the_same_event(row: dict[str, Any]) -> None:
     """The same agreement on rows the model accepts, which random rows seldom are."""
     assert parse_event(row) == _FULL.validate_python(row)
+
+
+def test_the_fast_path_reads_every_field_of_the_event() -> None:
+    """A field added to Event but not to parse_event's fast path would silently stay None for
+    every well-formed row; the property tests draw only the fields they know."""
+    row = {
+        **_BASE,
+        **dict.fromkeys(("user_id", "survey_id", "response_id", "page_path", "page_referrer"), "v"),
+        "locale": "v",
+        "traits": {"t": 1},
+        "identities": [1],
+        "references": {"r": 2},
+    }
+    event = parse_event(row)
+    unset = [f.name for f in dataclasses.fields(Event) if getattr(event, f.name) is None]
+    assert unset == []
+    assert {f.name for f in dataclasses.fields(Event)} <= set(row)
