@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Sequence
@@ -223,7 +222,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from relay.daemon import on_signals
+    from relay.daemon import serve_until_signalled
     from relay.logging import configure_logging
     from relay.sink import Sink, start_sink
 
@@ -235,12 +234,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     async def serve() -> None:
         runner, url = await start_sink(sink, args.host, args.port)
         print(f"sink listening on {url} (stats: {url}/_sink/stats)", flush=True)
-        stopped = asyncio.Event()
-        try:
-            async with on_signals(stopped.set):
-                await stopped.wait()
-        finally:
-            await runner.cleanup()
+        await serve_until_signalled(runner)
 
     eventloop.run(serve())
     return 0

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from relay import metrics
 from relay.config import Settings
@@ -73,6 +74,16 @@ async def on_signals(stop: Callable[[], None]) -> AsyncIterator[None]:
             loop.remove_signal_handler(sig)
 
 
+async def serve_until_signalled(runner: web.AppRunner) -> None:
+    """Keep an HTTP server up until SIGTERM/SIGINT, then clean it up."""
+    stopped = asyncio.Event()
+    try:
+        async with on_signals(stopped.set):
+            await stopped.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def run_worker(settings: Settings, *, until_idle: bool, serve_http: bool = False) -> Worker:
     """Run a worker until SIGTERM/SIGINT or, with until_idle, until nothing is due. As a daemon
     (not until_idle) it also runs retention and the backlog gauges; with serve_http, the HTTP
@@ -123,9 +134,4 @@ async def serve_admin(settings: Settings) -> None:
     async with resources(settings, 4) as (pool, sender):
         runner = await start_http(settings, pool, sender, None)
         assert runner is not None
-        stopped = asyncio.Event()
-        try:
-            async with on_signals(stopped.set):
-                await stopped.wait()
-        finally:
-            await runner.cleanup()
+        await serve_until_signalled(runner)

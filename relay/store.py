@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -54,6 +55,11 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
 # attempt that takes longer as a failure: the worker backs off and retries instead of hanging.
 COMMAND_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, pointing at database `name` (works for host and socket URLs)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -7,23 +7,16 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from relay.embedded import embedded_postgres
 from relay.sink import Sink, start_sink
-from relay.store import connect, create_pool, migrate
+from relay.store import connect, create_pool, migrate, with_database
 
 TEMPLATE = f"relay_template_{os.getpid()}"
 _counter = itertools.count()
-
-
-def with_database(url: str, name: str) -> str:
-    """The same server URL, pointing at database `name` (works for host and socket URLs)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from relay.model import REGION_ENDPOINTS, Region
-from relay.store import connect, migrate
+from relay.model import ALL_ENDPOINTS, Region
+from relay.store import connect, migrate, with_database
 
 BENCH_ORG = "org_bench"
 WRITE_KEY_PREFIX = "bench-key-"
@@ -48,10 +47,6 @@ SELECT $1 || g, '{BENCH_ORG}', $2 || (g % $3), {EVENT_MIX}, now(), 'user_' || (g
        jsonb_build_object('flow_id', 'flow_' || (g % 50), 'flow_version', 3)
 FROM generate_series($4::bigint, $5::bigint) g
 """  # fmt: skip
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def free_port() -> int:
@@ -139,7 +134,7 @@ def expected_sends(count: int, start: int = 1) -> int:
 
 
 def overrides(sink_url: str) -> str:
-    return json.dumps({e: sink_url for es in REGION_ENDPOINTS.values() for e in es})
+    return json.dumps(dict.fromkeys(ALL_ENDPOINTS, sink_url))
 
 
 @dataclass

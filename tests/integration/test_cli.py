@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from relay.store import SCHEMA_VERSION
-from tests.conftest import _admin, with_database
+from relay.store import SCHEMA_VERSION, with_database
+from tests.conftest import _admin
 from tests.helpers import relay_command, subprocess_env
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from relay.bench.harness import free_port
 from relay.config import Settings
 from relay.daemon import run_worker
 from relay.retention import purge
@@ -46,13 +46,6 @@ class Daemon:
     async def get(self, path: str) -> tuple[int, str]:
         async with aiohttp.ClientSession() as session, session.get(self.base + path) as resp:
             return resp.status, await resp.text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
