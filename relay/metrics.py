@@ -6,6 +6,10 @@ Prometheus treats as absent)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -88,3 +92,17 @@ def status_class(status: int | None) -> str:
     if status is None:
         return "network"
     return f"{status // 100}xx" if 200 <= status < 600 else "other"
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe(a)` for every amount, with one bucket search in C and one locked
+    increment per bucket touched instead of two per amount: observing each delivered event
+    one by one took a tenth of the relay's CPU when draining. Reaches into prometheus_client's
+    buckets; tests/unit/test_metrics.py holds the result equal to observe()'s."""
+    values = list(amounts)
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    histogram._sum.inc(sum(values))
+    for index, count in Tally(bisect_left(bounds, v) for v in values).items():
+        histogram._buckets[index].inc(count)

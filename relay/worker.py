@@ -309,8 +309,9 @@ class Worker:
             max_events=self.settings.batch_max_events,
         )
         await self._record(token, integration_id, result, bound)
-        self._observe(integration, claims, result, label)
-        self._report(bound, integration_id, result, time.monotonic() - started)
+        tally = Counter(map(_outcome, result.outcomes))
+        self._observe(integration, claims, result, tally, label)
+        self._report(bound, integration_id, result, tally, time.monotonic() - started)
 
     async def _record(
         self, token: uuid.UUID, integration_id: str, result: GroupResult, bound: Any
@@ -337,35 +338,57 @@ class Worker:
                 await asyncio.sleep(wait)
 
     def _observe(
-        self, integration: Integration, claims: list[Claimed], result: GroupResult, label: str
+        self,
+        integration: Integration,
+        claims: list[Claimed],
+        result: GroupResult,
+        tally: Counter[str],
+        label: str,
     ) -> None:
-        """Metrics for one share: label lookups once per share, not per event."""
+        """Metrics for one share: label lookups and histogram updates once per share, not per
+        event."""
         region = integration.region.value
-        for size in result.batch_sizes:
-            metrics.BATCH_EVENTS.observe(size)
-        for outcome, count in Counter(_outcome(o) for o in result.outcomes).items():
+        metrics.observe_many(metrics.BATCH_EVENTS, result.batch_sizes)
+        for outcome, count in tally.items():
             metrics.DELIVERIES.labels(outcome, region, label).inc(count)
         rows = {c.event_id: c.row for c in claims}
         now = self.clock()
-        latency, age = metrics.LATENCY.labels(region), metrics.EVENT_AGE.labels(region)
-        attempts = {s: metrics.ATTEMPTS.labels(s.value) for s in DONE}
+        latencies: list[float] = []
+        ages: list[float] = []
+        attempts: dict[DeliveryStatus, list[int]] = {s: [] for s in DONE}
         for o in result.outcomes:
             if o.status is DeliveryStatus.DELIVERED:
                 row = rows[o.event_id]
                 created, occurred = row.get("created_at"), row.get("occurred_at")
                 if isinstance(created, datetime):
-                    latency.observe((now - created).total_seconds())
+                    latencies.append((now - created).total_seconds())
                 if isinstance(occurred, datetime):
-                    age.observe(max((now - occurred).total_seconds(), 0.0))
+                    ages.append(max((now - occurred).total_seconds(), 0.0))
             if o.sent and o.status in attempts:
-                attempts[o.status].observe(o.attempts)
+                attempts[o.status].append(o.attempts)
+        metrics.observe_many(metrics.LATENCY.labels(region), latencies)
+        metrics.observe_many(metrics.EVENT_AGE.labels(region), ages)
+        for status, counts in attempts.items():
+            metrics.observe_many(metrics.ATTEMPTS.labels(status.value), counts)
 
-    def _report(self, bound: Any, integration_id: str, result: GroupResult, seconds: float) -> None:
+    def _report(
+        self,
+        bound: Any,
+        integration_id: str,
+        result: GroupResult,
+        tally: Counter[str],
+        seconds: float,
+    ) -> None:
         """One line per share; one per batch of retries and of dead letters; one when an
         integration starts failing and one when it recovers."""
-        tally = Counter(_outcome(o) for o in result.outcomes)
-        retries = [o for o in result.outcomes if _outcome(o) == "retried"]
-        dead = [o for o in result.outcomes if o.status is DeliveryStatus.FAILED]
+        retries = (
+            [o for o in result.outcomes if _outcome(o) == "retried"] if tally["retried"] else []
+        )
+        dead = (
+            [o for o in result.outcomes if o.status is DeliveryStatus.FAILED]
+            if tally["failed"]
+            else []
+        )
         if retries:
             first = retries[0]
             bound.warning(
