@@ -232,7 +232,6 @@ class Row(Protocol):
     def items(self) -> Iterator[tuple[str, Any]]: ...
 
 
-_REQUIRED_TEXT = ("id", "organization_id", "app_id", "anonymous_id")
 _OPTIONAL_TEXT = ("user_id", "survey_id", "response_id", "page_path", "page_referrer", "locale")
 _EVENT_TYPES: Mapping[str, EventType] = {t.value: t for t in EventType}
 
@@ -261,25 +260,25 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     draining): plain types the database already guarantees, checked exactly as `Event` checks
     them. Anything unusual returns None and takes the full validation, which names the fault;
     a property test holds the two paths to the same answer."""
-    fields: dict[str, Any] = {}
-    for name in _REQUIRED_TEXT:
-        value = row.get(name)
+    get = row.get
+    required = event_id, organization_id, app_id, anonymous_id = (
+        get("id"), get("organization_id"), get("app_id"), get("anonymous_id")
+    )  # fmt: skip
+    for value in required:
         if type(value) is not str or not value.strip():
             return None
-        fields[name] = value
-    for name in _OPTIONAL_TEXT:
-        value = row.get(name)
+    optional = [get(name) for name in _OPTIONAL_TEXT]
+    for index, value in enumerate(optional):
         if value is not None:
             if type(value) is not str:
                 return None
             if not value.strip():
-                value = None
-        fields[name] = value
-    raw_type = row.get("event_type")
+                optional[index] = None
+    user_id, survey_id, response_id, page_path, page_referrer, locale = optional
+    raw_type = get("event_type")
     event_type = _EVENT_TYPES.get(raw_type) if type(raw_type) is str else None
-    occurred_at = row.get("occurred_at")
-    traits = row.get("traits")
-    identities, references = row.get("identities"), row.get("references")
+    occurred_at = get("occurred_at")
+    traits, identities, references = get("traits"), get("identities"), get("references")
     if (
         event_type is None
         or type(occurred_at) is not datetime
@@ -290,12 +289,21 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     ):
         return None
     return Event(
+        id=event_id,
+        organization_id=organization_id,
+        app_id=app_id,
         event_type=event_type,
         occurred_at=occurred_at,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        survey_id=survey_id,
+        response_id=response_id,
+        page_path=page_path,
+        page_referrer=page_referrer,
+        locale=locale,
         traits=traits,
         identities=identities,
         references=references,
-        **fields,
     )
 
 
