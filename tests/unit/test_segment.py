@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.model import Event, EventType, parse_event
 from relay.segment import (
@@ -37,6 +39,12 @@ def _event(**fields: object) -> Event:
 def test_timestamp_is_utc_iso8601_with_milliseconds() -> None:
     moment = datetime(2026, 5, 13, 12, 14, 0, 123_999, tzinfo=timezone(timedelta(hours=2)))
     assert iso_timestamp(moment) == "2026-05-13T10:14:00.123Z"
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-11, minutes=-30))])))
+def test_timestamp_matches_isoformat_in_utc(moment: datetime) -> None:
+    expected = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_timestamp(moment) == expected
 
 
 def test_track_call_uses_the_given_name_and_message_id() -> None:
