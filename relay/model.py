@@ -261,7 +261,7 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     them. Anything unusual returns None and takes the full validation, which names the fault;
     a property test holds the two paths to the same answer."""
     get = row.get
-    required = event_id, organization_id, app_id, anonymous_id = (
+    required: tuple[Any, ...] = (
         get("id"), get("organization_id"), get("app_id"), get("anonymous_id")
     )  # fmt: skip
     for value in required:
@@ -274,6 +274,7 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
                 return None
             if not value.strip():
                 optional[index] = None
+    event_id, organization_id, app_id, anonymous_id = required
     user_id, survey_id, response_id, page_path, page_referrer, locale = optional
     raw_type = get("event_type")
     event_type = _EVENT_TYPES.get(raw_type) if type(raw_type) is str else None
