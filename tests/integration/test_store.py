@@ -9,7 +9,7 @@ import asyncpg
 
 from relay.dispatch import Outcome
 from relay.model import DeliveryStatus
-from relay.store import Store, listen
+from relay.store import Store, create_pool, listen
 from tests.helpers import add_integration, deliveries, event, insert_events
 
 
@@ -122,3 +122,41 @@ async def test_claims_respect_the_integration_cap_and_exclusions(pool: asyncpg.P
         limit=100, per_integration=100, lease_seconds=60, max_integrations=5, exclude=[rest]
     )
     assert none == {}
+
+
+async def _sequential_scans(pool: asyncpg.Pool) -> int:
+    await pool.execute("SELECT pg_stat_force_next_flush()")
+    scans: int = await pool.fetchval(
+        "SELECT sum(seq_scan) FROM pg_stat_user_tables"
+        " WHERE schemaname = 'relay' AND relname IN ('deliveries', 'events')"
+    )
+    return scans
+
+
+async def test_claims_keep_using_indexes_as_a_table_grows_from_empty(database_url: str) -> None:
+    """A pooled connection that first claimed from an empty outbox must not keep that plan
+    (sequential scans) once the outbox has grown."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)  # every claim, one session
+    try:
+        integration = await add_integration(pool)
+        store = Store(pool)
+        await insert_events(pool, [event(1)])
+        for _ in range(8):  # past the five executions after which PostgreSQL may cache a plan
+            token, claims = await store.claim(
+                limit=10, per_integration=10, lease_seconds=60, max_integrations=10
+            )
+            for integration_id in claims:
+                await store.release(token, integration_id)
+        await pool.execute(
+            "INSERT INTO relay.events (id, organization_id, app_id, event_type, occurred_at,"
+            " anonymous_id) SELECT 'bulk_' || g, 'org_1', 'app_1', 'Flow Viewed', now(), 'a'"
+            " FROM generate_series(1, 20000) g"
+        )
+        before = await _sequential_scans(pool)
+        _token, claims = await store.claim(
+            limit=10, per_integration=10, lease_seconds=60, max_integrations=10
+        )
+        assert len(claims[integration]) == 10
+        assert await _sequential_scans(pool) == before
+    finally:
+        await pool.close()
