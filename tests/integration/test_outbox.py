@@ -124,3 +124,34 @@ async def test_a_new_event_wakes_an_idle_worker_without_waiting_for_the_poll(
         with contextlib.suppress(asyncio.CancelledError):
             await worker
     assert [c["messageId"] for c in sink.sink.calls()] == ["evt_1"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "notifies"),
+    [(None, True), ("off", False), ("FALSE", False), ("on", True), ("maybe", True)],
+)
+async def test_relay_notify_off_skips_the_notification_and_nothing_else(
+    pool: asyncpg.Pool, database_url: str, setting: str | None, notifies: bool
+) -> None:
+    """`relay.notify = off` spares the product's commit the notification; the deliveries are
+    created all the same, and a mistyped value notifies rather than fail the insert."""
+    await add_integration(pool)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    product = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener("relay_deliveries", lambda *args: heard.put_nowait(args[3]))
+        async with product.transaction():
+            if setting is not None:
+                await product.execute("SELECT set_config('relay.notify', $1, true)", setting)
+            await insert_events(product, [event(1)])
+        # Notifications arrive in commit order: once this marker is heard, so is the insert's.
+        await product.execute("SELECT pg_notify('relay_deliveries', 'marker')")
+        payloads = [await asyncio.wait_for(heard.get(), timeout=10)]
+        while payloads[-1] != "marker":
+            payloads.append(await asyncio.wait_for(heard.get(), timeout=10))
+    finally:
+        await listener.close()
+        await product.close()
+    assert payloads == ([""] if notifies else []) + ["marker"]
+    assert await pool.fetchval("SELECT count(*) FROM relay.deliveries") == 1
