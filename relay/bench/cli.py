@@ -15,6 +15,10 @@ Segment-compatible sink, each in its own process:
   fan-out   each event going to 5 integrations of one app: deliveries/s
   steady    events inserted at --rate a second for --seconds while `relay run` runs:
             latency from the insert's commit to the sink's receipt, p50/p95/p99
+  inserts   the product's side: one-event INSERT transactions from 8 sessions for
+            --insert-seconds into the outbox alone, with the fan-out trigger but
+            relay.notify = off, and with the trigger as shipped (one NOTIFY per
+            transaction); each as a share of the outbox-alone rate
   baselines the same events, to the same sink, through (a) the simplest correct outbox
             worker (one row claimed, one /v1/track POST, one update, a few at a time),
             (b) procrastinate with one job per delivery, (c) the official
@@ -67,6 +71,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--rate", type=_positive, default=2000, metavar="R", help="steady inserts/s (2,000)"
     )
     p.add_argument("--seconds", type=_seconds, metavar="S", help="steady duration (30)")
+    p.add_argument(
+        "--insert-seconds", type=_seconds, metavar="S",
+        help="product-insert runs: seconds per mode (5)",
+    )  # fmt: skip
     p.add_argument(
         "--baseline-events", type=_positive, metavar="N", help="events per baseline (5,000)"
     )

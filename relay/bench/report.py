@@ -60,9 +60,9 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
-def speedup(relay: Result, other: Result) -> str:
+def speedup(relay: Result, other: Result, digits: int = 1) -> str:
     """How many times the relay's rate is the other's, as `12.3x`."""
-    return f"{relay.rate / other.rate:.1f}x"
+    return f"{relay.rate / other.rate:.{digits}f}x"
 
 
 def _number(value: float | None, digits: int = 0) -> str:

@@ -13,7 +13,7 @@ from typing import TextIO
 from relay import eventloop
 from relay.bench.harness import Child, SinkProcess, child_env, sink_process
 from relay.bench.report import Result, render
-from relay.bench.scenarios import drain, fanout, run_on_backlog, steady
+from relay.bench.scenarios import INSERT_SESSIONS, drain, fanout, inserts, run_on_backlog, steady
 from relay.errors import UsageError
 
 BASELINES = {
@@ -33,6 +33,7 @@ class Sizes:
     baseline_events: int
     concurrency: int
     memory_events: int
+    insert_seconds: float
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Sizes:
@@ -46,6 +47,7 @@ class Sizes:
             baseline_events=args.baseline_events or (1_000 if quick else 5_000),
             concurrency=args.baseline_concurrency,
             memory_events=args.memory_events,
+            insert_seconds=args.insert_seconds or (2.0 if quick else 5.0),
         )
 
 
@@ -98,6 +100,12 @@ async def run_all(server_url: str, sizes: Sizes, baselines: list[str], out: Text
                 integrations=sizes.integrations,
             )
         )  # fmt: skip
+        out.write(
+            f"product inserts: one event per transaction, {INSERT_SESSIONS} sessions, "
+            f"{sizes.insert_seconds:g} s per mode\n"
+        )
+        for result in await inserts(server_url, seconds=sizes.insert_seconds):
+            done(result)
         for name in baselines:
             out.write(f"baseline {BASELINES[name]}: {sizes.baseline_events:,} events\n")
             done(await baseline(server_url, sink, name, sizes))

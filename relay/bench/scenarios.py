@@ -22,7 +22,7 @@ from relay.bench.harness import (
     relay_argv,
     seed_events,
 )
-from relay.bench.report import Result, latency_summary
+from relay.bench.report import Result, latency_summary, speedup
 from relay.errors import UserError
 from relay.store import connect
 
@@ -214,3 +214,68 @@ async def _insert_steadily(
     finally:
         await conn.close()
     return committed, ticks * chunk, elapsed
+
+
+# The product's side of the outbox: how each part of the trigger slows its inserts.
+INSERT_SESSIONS = 8
+INSERT_MODES = (
+    ("outbox alone", "ALTER TABLE relay.events DISABLE TRIGGER events_fan_out", None),
+    ("trigger, notify off", "", "SET relay.notify = off"),
+    ("trigger as shipped", "", None),
+)
+
+
+async def inserts(server_url: str, *, seconds: float) -> list[Result]:
+    """Single-event INSERT transactions, as a product that writes one event per request does,
+    from INSERT_SESSIONS sessions for `seconds` in each mode, with one integration for the app
+    and no relay running: into the outbox alone (trigger disabled), with the fan-out trigger
+    but relay.notify = off, and with the trigger as shipped (fan-out and one NOTIFY per
+    transaction). Each rate is also given as a share of the outbox-alone rate."""
+    database = _db_name("inserts")
+    url = await fresh_database(server_url, database)
+    results: list[Result] = []
+    try:
+        await add_integrations(url, ["app_0"])
+        admin = await connect(url)
+        try:
+            for n, (label, table_setup, session_setup) in enumerate(INSERT_MODES):
+                await admin.execute("TRUNCATE relay.events CASCADE")
+                await admin.execute("ALTER TABLE relay.events ENABLE TRIGGER events_fan_out")
+                if table_setup:
+                    await admin.execute(table_setup)
+                count = await _insert_for(url, seconds, f"m{n}_", session_setup)
+                results.append(Result(f"inserts: {label}", count, seconds, unit="inserts"))
+        finally:
+            await admin.close()
+    finally:
+        await drop_database(server_url, database)
+    alone = results[0]
+    return [
+        Result(
+            r.name, r.items, r.seconds, unit=r.unit,
+            note=f"{speedup(r, alone, digits=2)} the outbox alone",
+        )
+        for r in results
+    ]  # fmt: skip
+
+
+async def _insert_for(url: str, seconds: float, prefix: str, session_setup: str | None) -> int:
+    """Commit one-event transactions from INSERT_SESSIONS sessions until `seconds` pass."""
+    sessions = [await connect(url) for _ in range(INSERT_SESSIONS)]
+    deadline = time.monotonic() + seconds
+
+    async def insert_until_deadline(k: int) -> int:
+        conn, n = sessions[k], 0
+        if session_setup:
+            await conn.execute(session_setup)
+        while time.monotonic() < deadline:
+            n += 1
+            await conn.execute(SEED_EVENTS, f"{prefix}{k}_", "app_", 1, n, n)
+        return n
+
+    try:
+        counts = await asyncio.gather(*map(insert_until_deadline, range(INSERT_SESSIONS)))
+    finally:
+        for conn in sessions:
+            await conn.close()
+    return sum(counts)

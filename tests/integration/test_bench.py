@@ -26,6 +26,7 @@ async def test_quick_bench_completes_with_every_event_delivered(server_url: str)
         *("--events", str(SIZES["events"]), "--fanout-events", str(SIZES["fanout_events"])),
         *("--rate", str(SIZES["rate"]), "--seconds", str(SIZES["seconds"])),
         *("--baseline-events", str(SIZES["baseline_events"])),
+        *("--insert-seconds", "0.5"),
     ]
     process = await asyncio.create_subprocess_exec(
         *relay_command("bench", *args),
@@ -44,10 +45,19 @@ async def test_quick_bench_completes_with_every_event_delivered(server_url: str)
     assert (
         by_name["relay steady"]["latency_ms"]["p99"] >= by_name["relay steady"]["latency_ms"]["p50"]
     )
+    inserts = [r for r in results if r["name"].startswith("inserts: ")]
+    assert [r["name"] for r in inserts] == [
+        "inserts: outbox alone",
+        "inserts: trigger, notify off",
+        "inserts: trigger as shipped",
+    ]
+    assert inserts[0]["note"] == "1.00x the outbox alone"
+    assert all(r["items"] > 0 for r in inserts)
     baselines = [r for r in results if r["baseline"]]
     assert [r["name"][:3] for r in baselines] == ["(a)", "(b)", "(c)"]
     assert all(r["items"] == SIZES["baseline_events"] for r in baselines)
-    assert all(r["rate"] > 0 and r["peak_rss_mb"] > 0 for r in results)
+    assert all(r["rate"] > 0 for r in results)
+    assert all(r["peak_rss_mb"] > 0 for r in results if r not in inserts)  # child processes
     assert "relay x" in text  # the table was printed
 
 

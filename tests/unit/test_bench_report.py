@@ -44,6 +44,12 @@ def test_speedup_is_the_relays_multiple() -> None:
     assert speedup(relay, naive) == "40.0x"
 
 
+def test_a_share_below_one_keeps_two_digits() -> None:
+    alone = Result("inserts: outbox alone", 9_000, 2.0)
+    shipped = Result("inserts: trigger as shipped", 4_410, 2.0)
+    assert speedup(shipped, alone, digits=2) == "0.49x"
+
+
 def test_expected_sends_leave_out_the_disabled_tenth() -> None:
     # Event g is Flow Dismissed, disabled in the bench's integrations, when g % 10 == 0.
     assert expected_sends(10) == 9
