@@ -138,18 +138,9 @@ class Store:
         updated (fewer when a lease was lost to another worker)."""
         if not outcomes:
             return 0
+        # The connection's JSON codec (orjson) writes each Outcome as an object of its fields.
         updated: int = await self.pool.fetchval(
-            sql("complete"),
-            token,
-            integration_id,
-            [o.event_id for o in outcomes],
-            [o.status.value for o in outcomes],
-            [o.attempts for o in outcomes],
-            [o.sent for o in outcomes],
-            [o.delay for o in outcomes],
-            [o.status_code for o in outcomes],
-            [o.error for o in outcomes],
-            [o.duration_ms for o in outcomes],
+            sql("complete"), token, integration_id, list(outcomes)
         )
         return updated
 

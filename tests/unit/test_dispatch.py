@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from relay.dispatch import Claimed, deliver_group
+from relay.dispatch import Claimed, Outcome, deliver_group
 from relay.model import DeliveryStatus, Integration
 from relay.retry import Response, RetrySchedule
+from relay.store import sql
 
 
 class ScriptedSender:
@@ -137,3 +140,12 @@ async def test_errors_recorded_never_contain_the_write_key() -> None:
     assert outcome.error is not None
     assert "wk_secret" not in outcome.error
     assert "key **** is invalid" in outcome.error
+
+
+def test_complete_sql_reads_every_outcome_field_by_name() -> None:
+    """store.complete sends Outcomes as JSON objects; complete.sql names the fields it reads.
+    A field renamed on one side only would silently arrive as NULL."""
+    columns = re.search(r"json_to_recordset\(\$3::json\)\s+AS u\(([^)]*)\)", sql("complete"))
+    assert columns is not None
+    names = [c.split()[0] for c in columns.group(1).split(",")]
+    assert names == [f.name for f in dataclasses.fields(Outcome)]
