@@ -62,28 +62,31 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
+async def _init_pooled_connection(conn: asyncpg.Connection) -> None:
+    """Plan every execution of a prepared statement for its parameters and the tables as they
+    are now. PostgreSQL otherwise settles on a generic plan after five executions and keeps it
+    for the session's life: a relay started on a fresh, empty outbox planned its claim as
+    sequential scans of relay.deliveries and relay.events, so each claim grew slower with the
+    tables (steady p99 250-325 ms, climbing through each run; README "Benchmark"). A SET, not
+    a startup parameter, so that session-mode poolers such as PgBouncer let it through."""
+    await _init_connection(conn)
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Skip asyncpg's reset query on release, a round trip after every pooled statement (a
     fifth of the relay's CPU under steady traffic): pooled connections carry no session state
-    to undo (no SET, LISTEN or session advisory lock; the listener has its own connection), and
-    asyncpg still rolls back a transaction left open."""
-
-
-# Plan every execution of a prepared statement for its parameters and the tables as they are
-# now. PostgreSQL otherwise settles on a generic plan after five executions and keeps it for the
-# connection's life: a relay started on a fresh, empty outbox planned its claim as sequential
-# scans of relay.deliveries and relay.events, so each claim grew slower with the tables (steady
-# latency climbed from ~70 ms to ~400 ms within 30 s, README "Benchmark").
-_SESSION = {"plan_cache_mode": "force_custom_plan"}
+    to undo (no LISTEN or session advisory lock, the listener has its own connection; the one
+    SET is the pool's own, which asyncpg's RESET ALL would drop), and asyncpg still rolls back
+    a transaction left open."""
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         url,
-        server_settings=_SESSION,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=_init_pooled_connection,
         reset=_keep_session,
         command_timeout=COMMAND_TIMEOUT,
         timeout=CONNECT_TIMEOUT,
