@@ -25,6 +25,8 @@ Segment-compatible sink, each in its own process:
             segment-analytics-python client fed in memory (not durable)
 
 Every run checks that each expected event arrived exactly once before its numbers count.
+`CPU s` is the measured process's; `DB CPU s` is every PostgreSQL process's on this machine
+over the run (all databases, autovacuum included; none for a remote server).
 `relay x` is the relay drain's rate as a multiple of each baseline's, which holds on a
 noisy machine where absolute rates do not. Baselines (b) and (c) need
 `pip install 'relay[bench]'`. Run it on an otherwise idle machine; --quick finishes in

@@ -144,6 +144,34 @@ class Measured:
     peak_rss_mb: float
     returncode: int
     log: str
+    # PostgreSQL's CPU seconds over the same span, when the server runs on this machine.
+    server_cpu_seconds: float | None = None
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """CPU clock ticks in a /proc/<pid>/stat line: the process's own (utime, stime) and its
+    reaped children's (cutime, cstime). The command name may hold spaces and parentheses, so
+    fields are counted from its closing parenthesis."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15])
+
+
+def server_cpu_seconds() -> float | None:
+    """CPU seconds used so far by every PostgreSQL process on this machine, exited backends
+    included (the postmaster reaps them); None when there is none, as with a remote server.
+    Counts whole servers: other databases and autovacuum too."""
+    ticks, found = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() != "postgres":
+                    continue
+            with open(f"/proc/{pid}/stat") as stat:
+                ticks += stat_cpu_ticks(stat.read())
+            found = True
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
 def high_water_mb(pid: int) -> float:

@@ -17,6 +17,8 @@ class Result:
     seconds: float
     unit: str = "events"
     cpu_seconds: float | None = None
+    # PostgreSQL's CPU over the run, when it runs on this machine (whole server).
+    db_cpu_seconds: float | None = None
     peak_rss_mb: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
@@ -74,7 +76,10 @@ def _number(value: float | None, digits: int = 0) -> str:
 def render(results: Sequence[Result], reference: Result | None) -> str:
     """The table `relay bench` prints; `relay x` says how many times a baseline's rate the
     reference (the relay's drain) achieved."""
-    headers = ["run", "items", "seconds", "rate/s", "relay x", "CPU s", "peak RSS MB", "latency ms"]
+    headers = [
+        "run", "items", "seconds", "rate/s", "relay x", "CPU s", "DB CPU s", "peak RSS MB",
+        "latency ms",
+    ]  # fmt: skip
     rows = []
     for r in results:
         lat = r.latency_ms
@@ -87,6 +92,7 @@ def render(results: Sequence[Result], reference: Result | None) -> str:
                 _number(r.rate),
                 speedup(reference, r) if reference is not None and r.baseline else "-",
                 _number(r.cpu_seconds, 2),
+                _number(r.db_cpu_seconds, 2),
                 _number(r.peak_rss_mb, 1),
                 latency,
             ]

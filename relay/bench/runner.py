@@ -138,6 +138,7 @@ async def baseline(server_url: str, sink: SinkProcess, name: str, sizes: Sizes) 
         sizes.baseline_events,
         report["seconds"],
         cpu_seconds=report["cpu_seconds"],
+        db_cpu_seconds=measured.server_cpu_seconds,
         peak_rss_mb=measured.peak_rss_mb,
         note="" if name != "segment" else "not durable",
         baseline=True,

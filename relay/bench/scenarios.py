@@ -4,6 +4,7 @@ insert rate. Each one checks that every expected event arrived, exactly once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from relay.bench.harness import (
     overrides,
     relay_argv,
     seed_events,
+    server_cpu_seconds,
 )
 from relay.bench.report import Result, latency_summary, speedup
 from relay.errors import UserError
@@ -73,13 +75,21 @@ async def run_on_backlog(
         await add_integrations(url, [f"app_{n}" for n in range(apps)], per_app=per_app)
         await seed_events(url, events, apps)
         sink.reset()
+        server_before = server_cpu_seconds()
         measured = await child(url).wait_async()
+        measured = dataclasses.replace(
+            measured, server_cpu_seconds=_since(server_before, server_cpu_seconds())
+        )
         if measured.returncode != 0:
             raise BenchError(f"{name}: exited {measured.returncode}: {measured.log[-2000:]}")
         check_received(sink, expected_sends(events) * per_app, name)
     finally:
         await drop_database(server_url, database)
     return measured
+
+
+def _since(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
 
 
 async def drain(
@@ -95,6 +105,7 @@ async def drain(
         events,
         measured.seconds,
         cpu_seconds=measured.cpu_seconds,
+        db_cpu_seconds=measured.server_cpu_seconds,
         peak_rss_mb=measured.peak_rss_mb,
         note=f"{integrations} integrations, cold start",
     )
@@ -111,6 +122,7 @@ async def fanout(server_url: str, sink: SinkProcess, *, events: int, per_app: in
         measured.seconds,
         unit="deliveries",
         cpu_seconds=measured.cpu_seconds,
+        db_cpu_seconds=measured.server_cpu_seconds,
         peak_rss_mb=measured.peak_rss_mb,
         note=f"{events:,} events x {per_app} integrations",
     )
@@ -134,9 +146,11 @@ async def steady(
             child_env(RELAY_DATABASE_URL=url, RELAY_ENDPOINT_OVERRIDES=overrides(sink.url)),
         )
         await _warm_up(url, sink)
+        server_before = server_cpu_seconds()
         committed, total, elapsed = await _insert_steadily(url, rate, seconds, integrations)
         expected = {f"evt_{n}" for n in range(total) if n % 10 != 0}
         await _until_received(sink, len(expected), seconds=60)
+        db_cpu = _since(server_before, server_cpu_seconds())  # the inserts' share included
         calls = sink.calls()
         _check_ids([c["call"]["messageId"] for c in calls], expected)
         latencies = [
@@ -153,6 +167,7 @@ async def steady(
         total,
         elapsed,  # more than `seconds` only if the inserts could not keep the rate
         cpu_seconds=measured.cpu_seconds,
+        db_cpu_seconds=db_cpu,
         peak_rss_mb=measured.peak_rss_mb,
         latency_ms=latency_summary(latencies),
         note=f"{rate:,}/s for {seconds:g} s",

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from relay.bench.harness import expected_sends
+from relay.bench.harness import expected_sends, stat_cpu_ticks
 from relay.bench.report import Result, latency_summary, percentile, rate, render, speedup
 
 
@@ -58,7 +58,9 @@ def test_expected_sends_leave_out_the_disabled_tenth() -> None:
 
 
 def test_table_gives_ratios_for_baselines_only() -> None:
-    relay = Result("relay drain", 200_000, 10.0, cpu_seconds=7.5, peak_rss_mb=140.26)
+    relay = Result(
+        "relay drain", 200_000, 10.0, cpu_seconds=7.5, db_cpu_seconds=9.254, peak_rss_mb=140.26
+    )
     fanout = Result("relay fan-out", 100_000, 10.0, unit="deliveries")
     steady = Result(
         "relay steady", 60_000, 30.0, latency_ms={"p50": 8.0, "p95": 20.5, "p99": 45.0, "max": 60}
@@ -67,12 +69,13 @@ def test_table_gives_ratios_for_baselines_only() -> None:
     memory = Result("(c) segment", 5_000, 2.0, note="not durable", baseline=True)
     lines = render([relay, fanout, steady, naive, memory], relay).splitlines()
     assert lines[0].split() == [
-        "run", "items", "seconds", "rate/s", "relay", "x", "CPU", "s", "peak", "RSS", "MB",
-        "latency", "ms",
+        "run", "items", "seconds", "rate/s", "relay", "x", "CPU", "s", "DB", "CPU", "s", "peak",
+        "RSS", "MB", "latency", "ms",
     ]  # fmt: skip
     rows = {line.split("  ")[0]: line for line in lines[2:]}
     assert "20,000" in rows["relay drain"]
     assert "7.50" in rows["relay drain"]
+    assert "9.25" in rows["relay drain"]
     assert "140.3" in rows["relay drain"]
     assert "x" not in rows["relay fan-out"].split("deliveries", 1)[1]
     assert "p50 8 / p95 20.5 / p99 45" in rows["relay steady"]
@@ -80,5 +83,15 @@ def test_table_gives_ratios_for_baselines_only() -> None:
     assert "8.0x" in rows["(c) segment (not durable)"]
     # Every header starts where its column's rule does.
     starts = [m.start() for m in re.finditer(r"-+", lines[1])]
-    headers = ["run", "items", "seconds", "rate/s", "relay x", "CPU s", "peak RSS MB", "latency"]
+    headers = [
+        "run", "items", "seconds", "rate/s", "relay x", "CPU s", "DB CPU s", "peak RSS MB",
+        "latency",
+    ]  # fmt: skip
     assert [lines[0].index(h) for h in headers] == starts
+
+
+def test_stat_cpu_ticks_adds_own_and_reaped_childrens_time_past_an_odd_command_name() -> None:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime ...
+    line = "4242 (post gres) x) S 1 4242 4242 0 -1 4194560 10 0 0 0 700 50 3000 250 20 0 1 0"
+    assert stat_cpu_ticks(line) == 700 + 50 + 3000 + 250
