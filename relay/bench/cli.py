@@ -85,6 +85,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="requests in flight for baselines (a) and (b) (4)",
     )  # fmt: skip
     p.add_argument(
+        "--only", default="drain,fan-out,steady,inserts,baselines", metavar="LIST",
+        help="which runs, comma-separated: drain, fan-out, steady, inserts, baselines "
+        "(all); baselines are compared with the drain only when both run",
+    )  # fmt: skip
+    p.add_argument(
         "--baselines", default="naive,procrastinate,segment", metavar="LIST",
         help="which baselines to run, comma-separated: naive, procrastinate, segment, "
         "or none (all three)",

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -51,19 +51,33 @@ class Sizes:
         )
 
 
+RUNS = ("drain", "fan-out", "steady", "inserts", "baselines")
+
+
+def choose(option: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """The comma-separated names in `text`, in `allowed`'s order; `none` for none."""
+    names = {n.strip() for n in text.split(",")} - {"", "none"}
+    unknown = names - set(allowed)
+    if unknown:
+        known = ", ".join(allowed)
+        raise UsageError(f"{option}: unknown {', '.join(sorted(unknown))}; use {known}")
+    return [n for n in allowed if n in names]
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the scenarios `args` ask for and print the table."""
     sizes = Sizes.from_args(args)
-    wanted = [b for b in args.baselines.split(",") if b and b != "none"]
-    unknown = set(wanted) - set(BASELINES)
-    if unknown:
-        raise UsageError(
-            f"--baselines: unknown {', '.join(sorted(unknown))}; use {', '.join(BASELINES)}"
-        )
+    runs = choose("--only", args.only, RUNS)
+    baselines = choose("--baselines", args.baselines, list(BASELINES))
+    if "baselines" not in runs:
+        baselines = []
+    if not runs and not sizes.memory_events:
+        raise UsageError("--only: nothing to run; name at least one of " + ", ".join(RUNS))
     with _server(args.database_url) as server_url:
-        results = eventloop.run(run_all(server_url, sizes, wanted, sys.stdout))
+        results = eventloop.run(run_all(server_url, sizes, runs, baselines, sys.stdout))
     print()
-    print(render(results, results[0]))
+    reference = next((r for r in results if r.name == "relay drain"), None)
+    print(render(results, reference))
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     return 0
@@ -80,7 +94,9 @@ def _server(database_url: str | None) -> Iterator[str]:
         yield url
 
 
-async def run_all(server_url: str, sizes: Sizes, baselines: list[str], out: TextIO) -> list[Result]:
+async def run_all(
+    server_url: str, sizes: Sizes, runs: Sequence[str], baselines: Sequence[str], out: TextIO
+) -> list[Result]:
     results: list[Result] = []
 
     def done(result: Result) -> None:
@@ -89,23 +105,29 @@ async def run_all(server_url: str, sizes: Sizes, baselines: list[str], out: Text
         out.flush()
 
     with sink_process() as sink:
-        out.write(f"drain: {sizes.events:,} events, {sizes.integrations} integrations\n")
-        done(await drain(server_url, sink, events=sizes.events, integrations=sizes.integrations))
-        out.write(f"fan-out: {sizes.fanout_events:,} events x 5 integrations\n")
-        done(await fanout(server_url, sink, events=sizes.fanout_events))
-        out.write(f"steady: {sizes.rate:,} events/s for {sizes.seconds:g} s\n")
-        done(
-            await steady(
-                server_url, sink, rate=sizes.rate, seconds=sizes.seconds,
-                integrations=sizes.integrations,
+        if "drain" in runs:
+            out.write(f"drain: {sizes.events:,} events, {sizes.integrations} integrations\n")
+            done(
+                await drain(server_url, sink, events=sizes.events, integrations=sizes.integrations)
             )
-        )  # fmt: skip
-        out.write(
-            f"product inserts: one event per transaction, {INSERT_SESSIONS} sessions, "
-            f"{sizes.insert_seconds:g} s per mode\n"
-        )
-        for result in await inserts(server_url, seconds=sizes.insert_seconds):
-            done(result)
+        if "fan-out" in runs:
+            out.write(f"fan-out: {sizes.fanout_events:,} events x 5 integrations\n")
+            done(await fanout(server_url, sink, events=sizes.fanout_events))
+        if "steady" in runs:
+            out.write(f"steady: {sizes.rate:,} events/s for {sizes.seconds:g} s\n")
+            done(
+                await steady(
+                    server_url, sink, rate=sizes.rate, seconds=sizes.seconds,
+                    integrations=sizes.integrations,
+                )
+            )  # fmt: skip
+        if "inserts" in runs:
+            out.write(
+                f"product inserts: one event per transaction, {INSERT_SESSIONS} sessions, "
+                f"{sizes.insert_seconds:g} s per mode\n"
+            )
+            for result in await inserts(server_url, seconds=sizes.insert_seconds):
+                done(result)
         for name in baselines:
             out.write(f"baseline {BASELINES[name]}: {sizes.baseline_events:,} events\n")
             done(await baseline(server_url, sink, name, sizes))

@@ -8,6 +8,8 @@ import pytest
 
 from relay.bench.harness import expected_sends, stat_cpu_ticks
 from relay.bench.report import Result, latency_summary, percentile, rate, render, speedup
+from relay.bench.runner import RUNS, choose
+from relay.errors import UsageError
 
 
 def test_rate_is_items_over_seconds() -> None:
@@ -95,3 +97,14 @@ def test_stat_cpu_ticks_adds_own_and_reaped_childrens_time_past_an_odd_command_n
     # utime stime cutime cstime ...
     line = "4242 (post gres) x) S 1 4242 4242 0 -1 4194560 10 0 0 0 700 50 3000 250 20 0 1 0"
     assert stat_cpu_ticks(line) == 700 + 50 + 3000 + 250
+
+
+def test_choose_keeps_the_allowed_order_and_reads_none_as_nothing() -> None:
+    assert choose("--only", "steady, drain,drain", RUNS) == ["drain", "steady"]
+    assert choose("--only", "none", RUNS) == []
+    assert choose("--baselines", "", ["naive"]) == []
+
+
+def test_choose_names_the_option_and_every_unknown_name() -> None:
+    with pytest.raises(UsageError, match=r"^--only: unknown fanout, nope; use drain, fan-out, "):
+        choose("--only", "drain,fanout,nope", RUNS)
