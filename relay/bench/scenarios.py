@@ -235,8 +235,8 @@ async def _insert_steadily(
 INSERT_SESSIONS = 8
 INSERT_MODES = (
     ("outbox alone", "ALTER TABLE relay.events DISABLE TRIGGER events_fan_out", None),
-    ("trigger, notify off", "", "SET relay.notify = off"),
-    ("trigger as shipped", "", None),
+    ("trigger, notify off", None, "SET relay.notify = off"),
+    ("trigger as shipped", None, None),
 )
 
 
@@ -266,12 +266,9 @@ async def inserts(server_url: str, *, seconds: float) -> list[Result]:
         await drop_database(server_url, database)
     alone = results[0]
     return [
-        Result(
-            r.name, r.items, r.seconds, unit=r.unit,
-            note=f"{speedup(r, alone, digits=2)} the outbox alone",
-        )
+        dataclasses.replace(r, note=f"{speedup(r, alone, digits=2)} the outbox alone")
         for r in results
-    ]  # fmt: skip
+    ]
 
 
 async def _insert_for(url: str, seconds: float, prefix: str, session_setup: str | None) -> int:
