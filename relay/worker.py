@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,17 @@ DATABASE_ERRORS = (
     OSError,
     TimeoutError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One integration's part of a claim, held under the claim's lease token."""
+
+    token: uuid.UUID
+    integration_id: str
+    row: Mapping[str, Any] | None  # the integration as read at claim time; None once deleted
+    claims: list[Claimed]
+    sent_at: str
 
 
 class Backoff:
@@ -171,7 +183,9 @@ class Worker:
             if groups:
                 sent_at = iso_timestamp(self.clock())
                 for integration_id, claims in groups.items():
-                    self._start(token, integration_id, rows.get(integration_id), claims, sent_at)
+                    self._start(
+                        Share(token, integration_id, rows.get(integration_id), claims, sent_at)
+                    )
                 if _maybe_more(groups, s.claim_limit, s.claim_per_integration, free):
                     continue
                 # Everything due was taken: wait for a notification instead of asking again.
@@ -191,17 +205,10 @@ class Worker:
                 await _quietly(self.store.release(token, integration_id))
             raise
 
-    def _start(
-        self,
-        token: uuid.UUID,
-        integration_id: str,
-        row: Mapping[str, Any] | None,
-        claims: list[Claimed],
-        sent_at: str,
-    ) -> None:
-        task = asyncio.create_task(self._deliver(token, integration_id, row, claims, sent_at))
-        self._in_flight[task] = (integration_id, time.monotonic())
-        self._per_integration[integration_id] += 1
+    def _start(self, share: Share) -> None:
+        task = asyncio.create_task(self._deliver(share))
+        self._in_flight[task] = (share.integration_id, time.monotonic())
+        self._per_integration[share.integration_id] += 1
         metrics.IN_FLIGHT.set(len(self._in_flight))
         task.add_done_callback(self._finished)
 
@@ -236,17 +243,11 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
-    async def _deliver(
-        self,
-        token: uuid.UUID,
-        integration_id: str,
-        row: Mapping[str, Any] | None,
-        claims: list[Claimed],
-        sent_at: str,
-    ) -> None:
+    async def _deliver(self, share: Share) -> None:
+        token, integration_id, claims = share.token, share.integration_id, share.claims
         bound = log.bind(integration_id=integration_id)
         try:
-            await self._deliver_share(token, integration_id, row, claims, sent_at, bound)
+            await self._deliver_share(share, bound)
         except asyncio.CancelledError:
             released = await _quietly(asyncio.shield(self.store.release(token, integration_id)))
             self.counts["released"] += released or 0
@@ -264,19 +265,12 @@ class Worker:
                 self.store.release(token, integration_id, after_seconds=ROUND_ERROR_DELAY)
             )
 
-    async def _deliver_share(
-        self,
-        token: uuid.UUID,
-        integration_id: str,
-        row: Mapping[str, Any] | None,
-        claims: list[Claimed],
-        sent_at: str,
-        bound: Any,
-    ) -> None:
-        if row is None:
+    async def _deliver_share(self, share: Share, bound: Any) -> None:
+        token, integration_id, claims = share.token, share.integration_id, share.claims
+        if share.row is None:
             return  # deleted since the claim; its deliveries went with it
         try:
-            integration = Integration.model_validate(row)
+            integration = Integration.model_validate(share.row)
         except ValidationError as exc:
             reason = f"integration settings are invalid: {describe_validation_error(exc)}"
             bound.error("integration_invalid", error=reason, held=len(claims))
@@ -305,7 +299,7 @@ class Worker:
             claims,
             send,
             schedule=self.settings.retry_schedule,
-            sent_at=sent_at,
+            sent_at=share.sent_at,
             max_events=self.settings.batch_max_events,
         )
         await self._record(token, integration_id, result, bound)
