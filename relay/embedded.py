@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -25,9 +26,14 @@ def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
                 "install the embedded extra (pip install 'relay[embedded]')"
             ) from None
         directory = data_dir or Path(tempfile.mkdtemp(prefix="relay-pg-"))
-        server = pgserver.get_server(  # type: ignore[attr-defined]
-            directory, cleanup_mode="stop" if data_dir else "delete"
-        )
+        # Run as root, pgserver creates a system user on first use; two processes starting at
+        # once (parallel tests on a fresh machine) raced to create it and one initdb failed
+        # with "Permission denied". One start at a time, machine-wide.
+        with open(Path(tempfile.gettempdir()) / "relay-pgserver.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            server = pgserver.get_server(  # type: ignore[attr-defined]
+                directory, cleanup_mode="stop" if data_dir else "delete"
+            )
     try:
         yield str(server.get_uri())
     finally:
