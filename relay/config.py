@@ -10,7 +10,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic_settings
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.errors import SettingsError
@@ -67,7 +74,13 @@ class Settings(BaseSettings):
         description="delays between sends after a retryable failure (1m,2m,…,6h)",
     )
     lease_seconds: Seconds = Field(
-        300.0, description="how long a claim is held before another worker may take it over"
+        300.0,
+        description="how long a share may stay unrecorded before another worker may take it over",
+    )
+    claim_hold_seconds: Seconds = Field(
+        1.0,
+        description="how long a claim's transaction holds its rows' locks before shares still "
+        "sending are handed over to a lease",
     )
     poll_interval_seconds: Seconds = Field(
         1.0, description="how often to look for due work when no notification arrives"
@@ -129,6 +142,15 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a terminal, JSON otherwise"
     )
+
+    @model_validator(mode="after")
+    def _hold_within_lease(self) -> Settings:
+        if self.claim_hold_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"RELAY_CLAIM_HOLD_SECONDS ({self.claim_hold_seconds:g}) must be shorter than "
+                f"RELAY_LEASE_SECONDS ({self.lease_seconds:g})"
+            )
+        return self
 
     @field_validator("endpoint_overrides")
     @classmethod
@@ -219,7 +241,9 @@ def load_settings(**overrides: Any) -> Settings:
 def describe_settings_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"invalid setting {ENV_PREFIX}{name.upper()}: {message}")
+        if error["loc"]:
+            parts.append(f"invalid setting {ENV_PREFIX}{str(error['loc'][0]).upper()}: {message}")
+        else:  # a rule between settings, which its message names
+            parts.append(f"invalid settings: {message}")
     return "; ".join(parts)

@@ -49,7 +49,11 @@ async def resources(
     settings: Settings, pool_size: int
 ) -> AsyncIterator[tuple[asyncpg.Pool, Sender]]:
     """A checked pool and an HTTP sender, closed on the way out."""
-    pool = await create_pool(settings.require_database_url(), max_size=pool_size)
+    pool = await create_pool(
+        settings.require_database_url(),
+        max_size=pool_size,
+        idle_transaction_seconds=settings.lease_seconds,
+    )
     try:
         await check_schema(pool)
         async with Sender(

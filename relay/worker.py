@@ -4,10 +4,11 @@ One claim loop takes work while there is capacity (RELAY_CONCURRENCY shares in f
 RELAY_CONCURRENCY_PER_INTEGRATION of them per integration) and starts one task per
 integration's share. A slow or hanging endpoint therefore holds only its own slots: other
 integrations keep being claimed and delivered. Any number of processes may share a database:
-claims use FOR UPDATE SKIP LOCKED and a lease, so nothing is sent twice in normal operation and
-nothing is lost when a process dies (its lease expires and another worker re-sends the same
-messageIds). An integration's settings are read at every claim, so renames, disables, pauses
-and key changes apply to the next send without a restart.
+claims lock their rows with SKIP LOCKED (relay.store.Claim), so nothing is sent twice in normal
+operation, and nothing is lost when a process dies (its locks go with its connections, its
+leases expire, and another worker re-sends the same messageIds). An integration's settings are
+read at every claim, so renames, disables, pauses and key changes apply to the next send without
+a restart.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ from relay.ratelimit import RateLimiter
 from relay.retry import Response
 from relay.segment import iso_timestamp
 from relay.sender import Sender
-from relay.store import Store, listen
+from relay.store import Claim, ClaimLost, Store, listen
 
 log = structlog.get_logger("relay.worker")
 
@@ -59,9 +59,9 @@ DATABASE_ERRORS = (
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """One integration's part of a claim, held under the claim's lease token."""
+    """One integration's part of a claim."""
 
-    token: uuid.UUID
+    claim: Claim
     integration_id: str
     row: Mapping[str, Any] | None  # the integration as read at claim time; None once deleted
     claims: list[Claimed]
@@ -160,14 +160,14 @@ class Worker:
             ]
             self._wake.clear()
             try:
-                token, groups = await self.store.claim(
+                claim = await self.store.claim(
                     limit=s.claim_limit,
                     per_integration=s.claim_per_integration,
-                    lease_seconds=s.lease_seconds,
                     max_integrations=free,
+                    hold_seconds=s.claim_hold_seconds,
+                    lease_seconds=s.lease_seconds,
                     exclude=full,
                 )
-                rows = await self._integrations(token, groups)
             except DATABASE_ERRORS as exc:
                 wait = backoff.next()
                 log.warning("database_unavailable", error=str(exc), retry_in_seconds=wait)
@@ -180,30 +180,18 @@ class Worker:
                 await self._sleep(wait)
                 continue
             backoff.reset()
+            groups = claim.groups
             if groups:
                 sent_at = iso_timestamp(self.clock())
                 for integration_id, claims in groups.items():
-                    self._start(
-                        Share(token, integration_id, rows.get(integration_id), claims, sent_at)
-                    )
+                    row = claim.integrations.get(integration_id)
+                    self._start(Share(claim, integration_id, row, claims, sent_at))
                 if _maybe_more(groups, s.claim_limit, s.claim_per_integration, free):
                     continue
                 # Everything due was taken: wait for a notification instead of asking again.
             if until_idle and not self._in_flight:
                 return
             await self._sleep(IDLE_CHECK if until_idle else s.poll_interval_seconds)
-
-    async def _integrations(
-        self, token: uuid.UUID, groups: Mapping[str, list[Claimed]]
-    ) -> dict[str, Mapping[str, Any]]:
-        if not groups:
-            return {}
-        try:
-            return {r["id"]: r for r in await self.store.integrations(list(groups))}
-        except BaseException:
-            for integration_id in groups:
-                await _quietly(self.store.release(token, integration_id))
-            raise
 
     def _start(self, share: Share) -> None:
         task = asyncio.create_task(self._deliver(share))
@@ -244,41 +232,40 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _deliver(self, share: Share) -> None:
-        token, integration_id, claims = share.token, share.integration_id, share.claims
+        claim, integration_id, claims = share.claim, share.integration_id, share.claims
         bound = log.bind(integration_id=integration_id)
         try:
             await self._deliver_share(share, bound)
         except asyncio.CancelledError:
-            released = await _quietly(asyncio.shield(self.store.release(token, integration_id)))
+            released = await _quietly(asyncio.shield(claim.release(integration_id)))
             self.counts["released"] += released or 0
             raise
-        except DATABASE_ERRORS as exc:
+        except (*DATABASE_ERRORS, ClaimLost) as exc:
             bound.warning(
                 "share_abandoned",
                 error=str(exc),
                 events=len(claims),
-                note="the lease expires and the events are sent again with the same messageIds",
+                note="the events are due again and are sent again with the same messageIds",
             )
         except Exception:
             bound.exception("delivery_round_failed", events=len(claims))
-            await _quietly(
-                self.store.release(token, integration_id, after_seconds=ROUND_ERROR_DELAY)
-            )
+            await _quietly(claim.release(integration_id, after_seconds=ROUND_ERROR_DELAY))
 
     async def _deliver_share(self, share: Share, bound: Any) -> None:
-        token, integration_id, claims = share.token, share.integration_id, share.claims
-        if share.row is None:
-            return  # deleted since the claim; its deliveries went with it
+        claim, integration_id, claims = share.claim, share.integration_id, share.claims
+        if share.row is None:  # deleted before the claim; its deliveries go with it
+            await claim.release(integration_id)
+            return
         try:
             integration = Integration.model_validate(share.row)
         except ValidationError as exc:
             reason = f"integration settings are invalid: {describe_validation_error(exc)}"
             bound.error("integration_invalid", error=reason, held=len(claims))
             held = [hold(c, INVALID_INTEGRATION_DELAY, reason) for c in claims]
-            await self.store.complete(token, integration_id, held)
+            await claim.complete(integration_id, held)
             return
         if integration.status is IntegrationStatus.PAUSED:
-            await self.store.complete(token, integration_id, [hold(c, 0.0) for c in claims])
+            await claim.complete(integration_id, [hold(c, 0.0) for c in claims])
             return
 
         write_key = integration.write_key.get_secret_value()
@@ -302,21 +289,23 @@ class Worker:
             sent_at=share.sent_at,
             max_events=self.settings.batch_max_events,
         )
-        await self._record(token, integration_id, result, bound)
+        await self._record(claim, integration_id, result, bound)
         tally = Counter(map(_outcome, result.outcomes))
         self._observe(integration, claims, result, tally, label)
         self._report(bound, integration_id, result, tally, time.monotonic() - started)
 
     async def _record(
-        self, token: uuid.UUID, integration_id: str, result: GroupResult, bound: Any
+        self, claim: Claim, integration_id: str, result: GroupResult, bound: Any
     ) -> None:
-        """Write the outcomes, retrying through a database outage: Segment already has these
-        events, and the worker is the only one that knows. (If the lease expired meanwhile and
-        another worker took the rows over, the lease token turns this write into a no-op.)"""
+        """Write the outcomes. A share handed over to a lease retries through a database
+        outage: Segment already has these events, and the worker is the only one that knows.
+        (If the lease expired meanwhile and another worker took the rows over, the lease token
+        turns this write into a no-op.) A share whose claim lost its transaction raises
+        ClaimLost: its rows are free again, and another claim sends them again."""
         backoff = Backoff()
         while True:
             try:
-                await self.store.complete(token, integration_id, result.outcomes)
+                await claim.complete(integration_id, result.outcomes)
                 if result.rate_limited_for is not None:
                     await self.store.rate_limit(integration_id, result.rate_limited_for)
                     bound.warning("integration_rate_limited", wait_seconds=result.rate_limited_for)
@@ -469,9 +458,9 @@ def _outcome(o: Outcome) -> str:
 
 
 async def _quietly(awaitable: Any) -> int | None:
-    """Best effort: a release that fails leaves the rows to their lease."""
+    """Best effort: a release that fails leaves the rows to their lease, or to no one."""
     try:
         result: int = await awaitable
-    except DATABASE_ERRORS:
+    except (*DATABASE_ERRORS, ClaimLost):
         return None
     return result

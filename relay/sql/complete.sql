@@ -1,6 +1,7 @@
 -- Record the outcomes of one integration's share in one statement, and log every send that did
--- not deliver. Rows whose lease was lost (taken over by another worker after it expired) are
--- left alone: lease_token no longer matches.
+-- not deliver. $1 is NULL inside the claim's own transaction, which holds the rows' locks; for
+-- a share handed over to a lease it is the lease token, and rows whose lease was lost (taken
+-- over by another worker after it expired) are left alone: lease_token no longer matches.
 -- The plan is pinned by its shape, not left to estimates: each outcome finds its row by primary
 -- key (a lateral lookup), and the update reaches it by ctid. A plain join let the planner
 -- hash-join against a sequential scan of the whole table, a cost that grew with the backlog.
@@ -18,7 +19,8 @@ held AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT d.ctid
         FROM relay.deliveries d
-        WHERE d.integration_id = $2 AND d.event_id = u.event_id AND d.lease_token = $1
+        WHERE d.integration_id = $2 AND d.event_id = u.event_id
+          AND ($1::uuid IS NULL OR d.lease_token = $1)
         LIMIT 1  -- at most one by key; also keeps the planner from flattening the lookup
     ) d
 ),

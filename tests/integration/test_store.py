@@ -1,37 +1,93 @@
-"""The store's lease rules, on real PostgreSQL."""
+"""The store's claim, hand-over and lease rules, on real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Sequence
 
 import asyncpg
+import pytest
 
 from relay.dispatch import Outcome
 from relay.model import DeliveryStatus
-from relay.store import Store, create_pool, listen
-from tests.helpers import add_integration, deliveries, event, insert_events
+from relay.store import Claim, ClaimLost, Store, create_pool, listen
+from tests.helpers import add_integration, deliveries, event, insert_events, wait_until
 
 
 def _delivered(event_id: str) -> Outcome:
     return Outcome(event_id, DeliveryStatus.DELIVERED, 1, sent=True, status_code=200)
 
 
-async def test_a_claim_hides_rows_from_other_claims_until_its_lease_expires(
-    pool: asyncpg.Pool,
-) -> None:
-    await add_integration(pool)
+def _failed(event_id: str) -> Outcome:
+    return Outcome(event_id, DeliveryStatus.FAILED, 1, sent=True, status_code=400, error="bad")
+
+
+async def _claim(
+    store: Store,
+    *,
+    limit: int = 10,
+    per_integration: int = 10,
+    max_integrations: int = 10,
+    hold_seconds: float = 60,
+    lease_seconds: float = 60,
+    exclude: Sequence[str] = (),
+) -> Claim:
+    return await store.claim(
+        limit=limit,
+        per_integration=per_integration,
+        max_integrations=max_integrations,
+        hold_seconds=hold_seconds,
+        lease_seconds=lease_seconds,
+        exclude=exclude,
+    )
+
+
+async def _give_back(claim: Claim) -> None:
+    """Release every share, so the claim's connection goes back to the pool."""
+    for integration_id in claim.groups:
+        await claim.release(integration_id)
+
+
+async def _handed_over(claim: Claim) -> None:
+    await wait_until(lambda: not claim.holding, seconds=10)
+
+
+async def test_a_claim_holds_its_rows_until_its_shares_are_recorded(pool: asyncpg.Pool) -> None:
+    integration = await add_integration(pool)
     await insert_events(pool, [event(1), event(2)])
     store = Store(pool)
 
-    _token, first = await store.claim(
-        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
-    )
-    _token, second = await store.claim(
-        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
-    )
-    assert sum(len(c) for c in first.values()) == 2
-    assert second == {}
+    first = await _claim(store)
+    assert sorted(c.event_id for c in first.groups[integration]) == ["evt_1", "evt_2"]
+    second = await _claim(store)
+    assert second.groups == {}
+    assert first.holding
+    outcomes = [_delivered("evt_1"), _delivered("evt_2")]
+    assert await first.complete(integration, outcomes) == 2
+    assert not first.holding
+    rows = await deliveries(pool)
+    assert {(r["status"], r["attempts"], r["lease_token"]) for r in rows.values()} == {
+        ("delivered", 1, None)
+    }
+
+
+async def test_a_share_still_sending_is_handed_over_to_a_lease(pool: asyncpg.Pool) -> None:
+    integration = await add_integration(pool)
+    await insert_events(pool, [event(1)])
+    store = Store(pool)
+
+    claim = await _claim(store, hold_seconds=0.05, lease_seconds=60)
+    await _handed_over(claim)
+    row = (await deliveries(pool))["evt_1"]
+    assert row["lease_token"] == claim.token
+    assert await pool.fetchval("SELECT next_attempt_at > now() + interval '50 seconds'"
+                               " FROM relay.deliveries")  # fmt: skip
+    assert (await _claim(store)).groups == {}  # the lease keeps other claims off
+
+    assert await claim.complete(integration, [_delivered("evt_1")]) == 1
+    row = (await deliveries(pool))["evt_1"]
+    assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
 
 
 async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrite(
@@ -41,36 +97,81 @@ async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrit
     await insert_events(pool, [event(1)])
     store = Store(pool)
 
-    stale, _ = await store.claim(limit=10, per_integration=10, lease_seconds=0, max_integrations=10)
-    fresh, claims = await store.claim(
-        limit=10, per_integration=10, lease_seconds=60, max_integrations=10
-    )
-    assert [c.event_id for c in claims[integration]] == ["evt_1"]
+    stale = await _claim(store, hold_seconds=0.05, lease_seconds=0.001)
+    await _handed_over(stale)
+    await asyncio.sleep(0.01)
+    fresh = await _claim(store)
+    assert [c.event_id for c in fresh.groups[integration]] == ["evt_1"]
 
-    assert await store.complete(stale, integration, [_delivered("evt_1")]) == 0
-    row = (await deliveries(pool))["evt_1"]
-    assert (row["status"], row["lease_token"]) == ("pending", fresh)
-
-    assert await store.complete(fresh, integration, [_delivered("evt_1")]) == 1
+    # The late owner's write waits for the new owner's transaction, then finds its row moved on.
+    late = asyncio.create_task(stale.complete(integration, [_failed("evt_1")]))
+    await asyncio.sleep(0.2)
+    assert await fresh.complete(integration, [_delivered("evt_1")]) == 1
+    assert await late == 0
     row = (await deliveries(pool))["evt_1"]
     assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
 
 
-async def test_release_makes_rows_due_again_without_counting_an_attempt(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("handed_over", [False, True])
+async def test_release_makes_rows_due_again_without_counting_an_attempt(
+    pool: asyncpg.Pool, handed_over: bool
+) -> None:
     integration = await add_integration(pool)
     await insert_events(pool, [event(1)])
     store = Store(pool)
 
-    token, _ = await store.claim(
-        limit=10, per_integration=10, lease_seconds=600, max_integrations=10
-    )
-    assert await store.release(token, "int_other") == 0
-    assert await store.release(token, integration) == 1
-    _token, again = await store.claim(
-        limit=10, per_integration=10, lease_seconds=600, max_integrations=10
-    )
-    [[claimed]] = again.values()
+    claim = await _claim(store, hold_seconds=0.05 if handed_over else 60, lease_seconds=600)
+    if handed_over:
+        await _handed_over(claim)
+    assert await claim.release("int_other") == 0
+    assert await claim.release(integration) == 1
+    assert not claim.holding
+    again = await _claim(store)
+    [[claimed]] = again.groups.values()
     assert (claimed.event_id, claimed.attempts) == ("evt_1", 0)
+    # Released for later: out of claims until then, still unattempted.
+    assert await again.release(integration, after_seconds=600) == 1
+    assert (await _claim(store)).groups == {}
+    row = (await deliveries(pool))["evt_1"]
+    assert (row["attempts"], row["lease_token"]) == (0, None)
+
+
+async def test_a_claim_whose_connection_dies_lets_its_rows_go_at_once(pool: asyncpg.Pool) -> None:
+    integration = await add_integration(pool)
+    await insert_events(pool, [event(1), event(2)])
+    store = Store(pool)
+
+    claim = await _claim(store, lease_seconds=600)
+    killed = await pool.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state = 'idle in transaction'"
+    )
+    assert killed == 1
+    with pytest.raises(ClaimLost):
+        await claim.complete(integration, [_delivered("evt_1"), _delivered("evt_2")])
+    assert not claim.holding
+    again = await _claim(store)  # no lease to wait out
+    assert sorted(c.event_id for c in again.groups[integration]) == ["evt_1", "evt_2"]
+    await _give_back(again)
+
+
+async def test_a_claim_cut_off_from_its_relay_lets_go_after_the_lease(database_url: str) -> None:
+    """PostgreSQL ends a session idle in a transaction for longer than the lease, so a relay
+    that can no longer reach the database holds its rows no longer than it held a lease."""
+    pool = await create_pool(database_url, max_size=3, idle_transaction_seconds=0.3)
+    try:
+        integration = await add_integration(pool)
+        await insert_events(pool, [event(1)])
+        store = Store(pool)
+        claim = await _claim(store, hold_seconds=60, lease_seconds=0.3)
+        await asyncio.sleep(1.0)
+        again = await _claim(store)
+        assert [c.event_id for c in again.groups[integration]] == ["evt_1"]
+        await _give_back(again)
+        with pytest.raises(ClaimLost):
+            await claim.complete(integration, [_delivered("evt_1")])
+    finally:
+        await pool.close()
 
 
 async def test_claims_are_capped_per_integration_and_in_all(pool: asyncpg.Pool) -> None:
@@ -81,12 +182,12 @@ async def test_claims_are_capped_per_integration_and_in_all(pool: asyncpg.Pool) 
     )
     store = Store(pool)
 
-    _token, claims = await store.claim(
-        limit=7, per_integration=3, lease_seconds=60, max_integrations=10
-    )
-    sizes = sorted(len(c) for c in claims.values())
+    claim = await _claim(store, limit=7, per_integration=3)
+    sizes = sorted(len(c) for c in claim.groups.values())
     assert sum(sizes) == 7
     assert max(sizes) == 3
+    assert set(claim.integrations) == set(claim.groups)
+    await _give_back(claim)
 
 
 async def test_a_listener_cancelled_while_connecting_leaves_no_connection_open(
@@ -113,15 +214,12 @@ async def test_claims_respect_the_integration_cap_and_exclusions(pool: asyncpg.P
     )
     store = Store(pool)
 
-    _token, two = await store.claim(
-        limit=100, per_integration=100, lease_seconds=60, max_integrations=2
-    )
-    assert len(two) == 2
-    [rest] = set(ids) - set(two)
-    _token, none = await store.claim(
-        limit=100, per_integration=100, lease_seconds=60, max_integrations=5, exclude=[rest]
-    )
-    assert none == {}
+    two = await _claim(store, limit=100, per_integration=100, max_integrations=2)
+    assert len(two.groups) == 2
+    [rest] = set(ids) - set(two.groups)
+    none = await _claim(store, limit=100, per_integration=100, max_integrations=5, exclude=[rest])
+    assert none.groups == {}
+    await _give_back(two)
 
 
 async def _sequential_scans(pool: asyncpg.Pool) -> int:
@@ -142,21 +240,16 @@ async def test_claims_keep_using_indexes_as_a_table_grows_from_empty(database_ur
         store = Store(pool)
         await insert_events(pool, [event(1)])
         for _ in range(8):  # past the five executions after which PostgreSQL may cache a plan
-            token, claims = await store.claim(
-                limit=10, per_integration=10, lease_seconds=60, max_integrations=10
-            )
-            for integration_id in claims:
-                await store.release(token, integration_id)
+            await _give_back(await _claim(store))
         await pool.execute(
             "INSERT INTO relay.events (id, organization_id, app_id, event_type, occurred_at,"
             " anonymous_id) SELECT 'bulk_' || g, 'org_1', 'app_1', 'Flow Viewed', now(), 'a'"
             " FROM generate_series(1, 20000) g"
         )
         before = await _sequential_scans(pool)
-        _token, claims = await store.claim(
-            limit=10, per_integration=10, lease_seconds=60, max_integrations=10
-        )
-        assert len(claims[integration]) == 10
+        claim = await _claim(store)
+        assert len(claim.groups[integration]) == 10
+        await _give_back(claim)
         assert await _sequential_scans(pool) == before
     finally:
         await pool.close()

@@ -70,3 +70,16 @@ def test_override_replacement_must_be_a_url(monkeypatch: pytest.MonkeyPatch) -> 
 def test_missing_database_url_is_named() -> None:
     with pytest.raises(SettingsError, match="RELAY_DATABASE_URL is not set"):
         load_settings().require_database_url()
+
+
+def test_a_claim_hold_as_long_as_the_lease_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_LEASE_SECONDS", "2")
+    monkeypatch.setenv("RELAY_CLAIM_HOLD_SECONDS", "2s")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings: RELAY_CLAIM_HOLD_SECONDS (2) must be shorter than "
+        "RELAY_LEASE_SECONDS (2)"
+    )
+    monkeypatch.setenv("RELAY_CLAIM_HOLD_SECONDS", "500ms")
+    assert load_settings().claim_hold_seconds == 0.5
