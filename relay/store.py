@@ -211,9 +211,9 @@ class Claim:
     ) -> int:
         """Run one share's last statement in the claim's transaction (the caller holds the
         lock), and commit once no share is left in it."""
+        if self._lost:
+            raise ClaimLost("the claim's database connection was lost before this share")
         if integration_id not in self._held:
-            if self._lost:
-                raise ClaimLost("the claim's database connection was lost before this share")
             return 0  # already finished, or not in this claim
         self._held.discard(integration_id)
         conn = self._conn

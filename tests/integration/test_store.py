@@ -155,6 +155,24 @@ async def test_a_claim_whose_connection_dies_lets_its_rows_go_at_once(pool: asyn
     await _give_back(again)
 
 
+async def test_a_hand_over_that_fails_loses_the_claim_not_the_rows(pool: asyncpg.Pool) -> None:
+    integration = await add_integration(pool)
+    await insert_events(pool, [event(1)])
+    store = Store(pool)
+
+    claim = await _claim(store, hold_seconds=0.3, lease_seconds=600)
+    await pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state = 'idle in transaction'"
+    )
+    await _handed_over(claim)
+    with pytest.raises(ClaimLost):
+        await claim.complete(integration, [_delivered("evt_1")])
+    again = await _claim(store)  # never leased: due at once
+    assert [c.event_id for c in again.groups[integration]] == ["evt_1"]
+    await _give_back(again)
+
+
 async def test_a_claim_cut_off_from_its_relay_lets_go_after_the_lease(database_url: str) -> None:
     """PostgreSQL ends a session idle in a transaction for longer than the lease, so a relay
     that can no longer reach the database holds its rows no longer than it held a lease."""
