@@ -153,6 +153,9 @@ class Worker:
             self._heartbeat = time.monotonic()
             free = s.concurrency - len(self._in_flight)
             if free <= 0:
+                # Wait for a slot. A wake-up that came meanwhile (a notification) is dropped:
+                # left set, it made this loop spin, and a freed slot wakes it anyway.
+                self._wake.clear()
                 await self._sleep(s.poll_interval_seconds)
                 continue
             full = [
@@ -228,8 +231,12 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
+        """Wait for a wake-up or `seconds`; returns at once, without yielding, if the wake-up
+        is already set. asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        cancellation that arrives as the wake-up does."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _deliver(self, share: Share) -> None:
         claim, integration_id, claims = share.claim, share.integration_id, share.claims

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
 import time
 from collections.abc import AsyncIterator
@@ -66,6 +67,12 @@ async def daemon(settings: Settings) -> AsyncIterator[Daemon]:
         yield running
     finally:
         task.cancel()
+        done, _ = await asyncio.wait([task], timeout=30)
+        if not done:  # name what it waits for instead of hanging until the suite's timeout
+            stacks = io.StringIO()
+            for other in asyncio.all_tasks():
+                other.print_stack(file=stacks)
+            raise AssertionError(f"the daemon did not stop within 30 s:\n{stacks.getvalue()}")
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -187,6 +194,25 @@ async def test_a_hanging_integration_does_not_delay_another(
         waited = time.monotonic() - started
     assert waited < 10
     assert sink.sink.calls("…0001") == []
+
+
+async def test_a_wake_up_while_every_slot_is_busy_waits_for_a_free_slot(
+    pool: asyncpg.Pool, database_url: str, sink: RunningSink
+) -> None:
+    """A notification that arrives while the worker is at capacity must not make the claim
+    loop spin: it starved every other task of the process (a CI run hung), or, when each turn
+    still yielded, burnt a core until a slot freed."""
+    await add_integration(pool)
+    sink.sink.add_fault(Fault(status=200, delay=2.0))  # the first batch holds the only slot
+    async with daemon(daemon_settings(database_url, sink)):  # concurrency 1
+        await insert_events(pool, [event(1)])
+        await wait_until(lambda: sink.sink.counts["requests"] >= 1, seconds=10)
+        await insert_events(pool, [event(2)])  # notifies while the slot is busy
+        cpu = time.process_time()
+        await asyncio.wait_for(asyncio.sleep(1.0), timeout=10)
+        spent = time.process_time() - cpu
+        await wait_until(lambda: len(sink.sink.calls()) == 2, seconds=10)
+    assert spent < 0.5, f"the process used {spent:.2f} s of CPU in 1 s while waiting"
 
 
 async def test_a_big_backlog_does_not_delay_fresh_events_of_another_integration(
