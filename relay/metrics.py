@@ -81,6 +81,12 @@ IN_FLIGHT = Gauge(
     "Integrations' claimed shares being delivered by this process",
     registry=REGISTRY,
 )
+HANDED_OVER = Counter(
+    "relay_handed_over_shares",
+    "Shares still sending after RELAY_CLAIM_HOLD_SECONDS, handed over from the claim's row "
+    "locks to a lease (a lease costs each delivery one more row version)",
+    registry=REGISTRY,
+)
 PURGED = Counter(
     "relay_purged_events",
     "Events removed by retention (with their deliveries)",

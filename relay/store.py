@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from relay import metrics
 from relay.dispatch import Claimed, Outcome
 
 SCHEMA_VERSION = 3
@@ -250,6 +251,7 @@ class Claim:
                 return
             self._held.clear()
             self._leased.update(held)
+            metrics.HANDED_OVER.inc(len(held))
 
     async def _end(self) -> None:
         if self._timer is not None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
+from relay import metrics
 from relay.dispatch import Outcome
 from relay.model import DeliveryStatus
 from relay.store import Claim, ClaimLost, Store, create_pool, listen
@@ -49,6 +50,10 @@ async def _give_back(claim: Claim) -> None:
         await claim.release(integration_id)
 
 
+def _handed_over_total() -> float:
+    return metrics.REGISTRY.get_sample_value("relay_handed_over_shares_total") or 0.0
+
+
 async def _handed_over(claim: Claim) -> None:
     await wait_until(lambda: not claim.holding, seconds=10)
 
@@ -77,8 +82,10 @@ async def test_a_share_still_sending_is_handed_over_to_a_lease(pool: asyncpg.Poo
     await insert_events(pool, [event(1)])
     store = Store(pool)
 
+    before = _handed_over_total()
     claim = await _claim(store, hold_seconds=0.05, lease_seconds=60)
     await _handed_over(claim)
+    assert _handed_over_total() == before + 1
     row = (await deliveries(pool))["evt_1"]
     assert row["lease_token"] == claim.token
     assert await pool.fetchval("SELECT next_attempt_at > now() + interval '50 seconds'"
