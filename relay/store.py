@@ -159,7 +159,7 @@ class Claim:
         self._leased: set[str] = set()
         self._lost = False
         self._lock = asyncio.Lock()
-        self._hand_over_task: asyncio.Task[None] | None = None
+        self._hand_over_task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
         self._timer = (
             asyncio.get_running_loop().call_later(hold_seconds, self._hand_over_soon)
             if conn is not None
@@ -176,22 +176,19 @@ class Claim:
         handed-over lease expired and another worker took the rows)."""
         # The connection's JSON codec (orjson) writes each Outcome as an object of its fields.
         payload = list(outcomes)
+
+        async def run(conn: Conn | asyncpg.Pool, token: uuid.UUID | None) -> int:
+            updated: int = await conn.fetchval(sql("complete"), token, integration_id, payload)
+            return updated
+
         async with self._lock:
             if integration_id not in self._leased:
-                return await self._in_transaction(
-                    integration_id,
-                    lambda c: c.fetchval(sql("complete"), None, integration_id, payload),
-                )
-        if not payload:
-            return 0
-        updated: int = await self._pool.fetchval(
-            sql("complete"), self.token, integration_id, payload
-        )
-        return updated
+                return await self._in_transaction(integration_id, lambda c: run(c, None))
+        return await run(self._pool, self.token) if payload else 0
 
     async def release(self, integration_id: str, *, after_seconds: float = 0.0) -> int:
         """Give back a share unsent: due again after `after_seconds`, attempts untouched."""
-        event_ids = [c.event_id for c in self.groups.get(integration_id, ())]
+        event_ids = self._event_ids(integration_id)
 
         async def run(conn: Conn | asyncpg.Pool, token: uuid.UUID | None) -> int:
             result = await conn.execute(
@@ -230,6 +227,9 @@ class Claim:
             raise
         return result
 
+    def _event_ids(self, integration_id: str) -> list[str]:
+        return [c.event_id for c in self.groups.get(integration_id, ())]
+
     def _hand_over_soon(self) -> None:
         self._hand_over_task = asyncio.create_task(self._hand_over())
 
@@ -241,9 +241,12 @@ class Claim:
             held = sorted(self._held)
             try:
                 for integration_id in held:
-                    event_ids = [c.event_id for c in self.groups[integration_id]]
                     await self._conn.execute(
-                        sql("lease"), self.token, integration_id, self._lease_seconds, event_ids
+                        sql("lease"),
+                        self.token,
+                        integration_id,
+                        self._lease_seconds,
+                        self._event_ids(integration_id),
                     )
                 await self._end()
             except Exception:
