@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.admin.api import admin_app
 from relay.config import Settings
+from relay.errors import SettingsError
 from relay.metrics import REGISTRY
 from relay.sender import Sender
 from relay.store import SCHEMA_VERSION
@@ -83,7 +84,15 @@ async def start_http(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = address
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # not the database's fault, whatever the errno says
+        await runner.cleanup()
+        reason = (exc.strerror or str(exc)).lower()
+        raise SettingsError(
+            f"invalid setting RELAY_HTTP_LISTEN: cannot listen on {settings.http_listen} "
+            f"({reason}); give a free HOST:PORT, or off"
+        ) from None
     bound = runner.addresses[0]
     log.info("http_listening", url=f"http://{bound[0]}:{bound[1]}")
     return runner

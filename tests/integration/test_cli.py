@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -70,6 +71,23 @@ async def test_run_refuses_an_unmigrated_database(empty_database_url: str) -> No
     assert one_error_line(result) == (
         "relay: error: the database has no relay schema: run `relay migrate` first"
     )
+
+
+async def test_run_on_a_taken_port_names_the_listen_setting(database_url: str) -> None:
+    """A taken port is a settings problem: it used to be reported as PostgreSQL unreachable."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = relay(
+            "run", RELAY_DATABASE_URL=database_url, RELAY_HTTP_LISTEN=listen,
+            RELAY_LOG_LEVEL="error",
+        )  # fmt: skip
+    line = one_error_line(result)
+    assert line.startswith(
+        f"relay: error: invalid setting RELAY_HTTP_LISTEN: cannot listen on {listen}"
+    )
+    assert "PostgreSQL" not in line
 
 
 def test_run_without_a_database_url_says_which_setting_is_missing() -> None:
