@@ -129,5 +129,8 @@ def relay_command(*args: str) -> list[str]:
 def subprocess_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["RELAY_LOG_FORMAT"] = "json"
+    # No HTTP server unless a test asks for one: relays of tests running side by side all
+    # bound the default 127.0.0.1:8080, and all but one exited at start.
+    env["RELAY_HTTP_LISTEN"] = "off"
     env.update(values)
     return env

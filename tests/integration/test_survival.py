@@ -72,7 +72,6 @@ def _env(database_url: str, sink_url: str, **extra: str) -> dict[str, str]:
         RELAY_DATABASE_URL=database_url,
         RELAY_ENDPOINT_OVERRIDES=json.dumps({GLOBAL: sink_url}),
         RELAY_POLL_INTERVAL_SECONDS="0.1",
-        RELAY_HTTP_LISTEN="off",
         **extra,
     )
 
