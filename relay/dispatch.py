@@ -5,7 +5,7 @@ an in-memory twin."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,17 +46,22 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The new state of one delivery. `sent` says whether it records a send (attempt count,
-    last_attempt_at and last_status_code change) or only a decision made without sending."""
+    """The new state of deliveries that fared alike: usually a whole batch, so recording a
+    share costs one object per batch rather than one per event. `sent` says whether it records a
+    send (each delivery's attempt count goes up by one, and last_attempt_at and last_status_code
+    change) or only a decision made without sending."""
 
-    event_id: str
+    deliveries: Sequence[Claimed]
     status: DeliveryStatus
-    attempts: int
     sent: bool
     delay: float | None = None
     status_code: int | None = None
     error: str | None = None
     duration_ms: int | None = None
+
+    def attempts(self, item: Claimed) -> int:
+        """The delivery's attempt count once this outcome is recorded."""
+        return item.attempts + 1 if self.sent else item.attempts
 
 
 SendBatch = Callable[[bytes], Awaitable[Response]]
@@ -69,6 +74,10 @@ class GroupResult:
     batch_sizes: list[int] = field(default_factory=list)
     # Set when Segment answered 429: how long this integration must stay quiet.
     rate_limited_for: float | None = None
+
+    def each(self) -> Iterator[tuple[Claimed, Outcome]]:
+        """Every delivery with its outcome."""
+        return ((item, o) for o in self.outcomes for item in o.deliveries)
 
 
 async def deliver_group(
@@ -97,12 +106,11 @@ async def deliver_group(
     # Chronological batches: Segment does not promise order, but downstream readers like it.
     events.sort(key=lambda pair: pair[1].occurred_at)
     ready: list[Encoded[Claimed]] = []
+    skipped: list[Claimed] = []
     for item, event in events:
         name = integration.event_settings.name_for(event.event_type)
         if name is None:
-            result.outcomes.append(
-                Outcome(item.event_id, DeliveryStatus.SKIPPED, item.attempts, sent=False)
-            )
+            skipped.append(item)
             continue
         msg_id = message_id(event.id, integration.message_id_suffix)
         body = encode_call(build_track_call(event, name, msg_id, sent_at))
@@ -114,14 +122,12 @@ async def deliver_group(
             result.outcomes.append(_failed_unsent(item, reason))
             continue
         ready.append(Encoded(item, body))
-
-    def judge(batch: Sequence[Encoded[Claimed]], response: Response, verdict: Verdict) -> None:
-        for call in batch:
-            result.outcomes.append(_after_send(call.key, response, verdict, integration, schedule))
+    if skipped:
+        result.outcomes.append(Outcome(skipped, DeliveryStatus.SKIPPED, sent=False))
 
     async def send_isolating(batch: Sequence[Encoded[Claimed]]) -> None:
         if result.rate_limited_for is not None:
-            result.outcomes.extend(hold(c.key, result.rate_limited_for) for c in batch)
+            result.outcomes.append(hold([c.key for c in batch], result.rate_limited_for))
             return
         response = await send(encode_batch([c.body for c in batch], write_key))
         result.requests += 1
@@ -134,7 +140,8 @@ async def deliver_group(
             return
         if response.status == 429:
             result.rate_limited_for = response.retry_after or DEFAULT_RATE_LIMIT_WAIT
-        judge(batch, response, verdict)
+        items = [c.key for c in batch]
+        result.outcomes.extend(_after_send(items, response, verdict, integration, schedule))
 
     overhead = batch_overhead(write_key)
     for batch in plan_batches(ready, overhead=overhead, max_events=max_events):
@@ -143,36 +150,39 @@ async def deliver_group(
 
 
 def _after_send(
-    item: Claimed,
+    items: list[Claimed],
     response: Response,
     verdict: Verdict,
     integration: Integration,
     schedule: RetrySchedule,
-) -> Outcome:
-    attempts = item.attempts + 1
+) -> list[Outcome]:
+    """What one answer means for the deliveries of its batch. A retry's delay depends on each
+    delivery's attempt count, so a batch that mixes attempt counts splits by them."""
     code, took = response.status, response.duration_ms
     if verdict is Verdict.DELIVERED:
-        return Outcome(
-            item.event_id, DeliveryStatus.DELIVERED, attempts, True, None, code, None, took
-        )
+        return [Outcome(items, DeliveryStatus.DELIVERED, True, None, code, None, took)]
     secret = integration.write_key.get_secret_value()
     reason = describe_failure(response, integration.endpoint, secret)
-    if verdict is Verdict.RETRY:
+    if verdict is not Verdict.RETRY:
+        return [Outcome(items, DeliveryStatus.FAILED, True, None, code, reason, took)]
+    by_attempts: dict[int, list[Claimed]] = {}
+    for item in items:
+        by_attempts.setdefault(item.attempts + 1, []).append(item)
+    outcomes = []
+    for attempts, alike in by_attempts.items():
         delay = retry_delay(schedule, attempts, response.retry_after)
-        if delay is not None:
-            return Outcome(
-                item.event_id, DeliveryStatus.PENDING, attempts, True, delay, code, reason, took
-            )
-        reason = f"gave up after {attempts} attempts; last: {reason}"
-    return Outcome(item.event_id, DeliveryStatus.FAILED, attempts, True, None, code, reason, took)
+        if delay is None:
+            gave_up = f"gave up after {attempts} attempts; last: {reason}"
+            outcomes.append(Outcome(alike, DeliveryStatus.FAILED, True, None, code, gave_up, took))
+        else:
+            outcomes.append(Outcome(alike, DeliveryStatus.PENDING, True, delay, code, reason, took))
+    return outcomes
 
 
 def _failed_unsent(item: Claimed, reason: str) -> Outcome:
-    return Outcome(item.event_id, DeliveryStatus.FAILED, item.attempts, False, error=reason)
+    return Outcome([item], DeliveryStatus.FAILED, sent=False, error=reason)
 
 
-def hold(item: Claimed, wait: float, reason: str | None = None) -> Outcome:
-    """Put a claimed delivery back, unsent and uncounted, due again after `wait` seconds."""
-    return Outcome(
-        item.event_id, DeliveryStatus.PENDING, item.attempts, sent=False, delay=wait, error=reason
-    )
+def hold(items: Sequence[Claimed], wait: float, reason: str | None = None) -> Outcome:
+    """Put claimed deliveries back, unsent and uncounted, due again after `wait` seconds."""
+    return Outcome(items, DeliveryStatus.PENDING, sent=False, delay=wait, error=reason)

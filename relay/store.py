@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import cache, partial
@@ -22,6 +23,8 @@ from relay.dispatch import Claimed, Outcome
 SCHEMA_VERSION = 3
 # A connection of one's own or one borrowed from a pool: both run queries the same way.
 Conn = asyncpg.Connection | PoolConnectionProxy
+# A row's physical address (ctid) as asyncpg hands it over: (block, line pointer).
+Tid = tuple[int, int]
 NOTIFY_CHANNEL = "relay_deliveries"
 # Any constants will do: they keep two `relay migrate` runs, or two purges, from interleaving.
 _MIGRATE_LOCK = 0x72656C6179
@@ -120,6 +123,10 @@ async def migrate(conn: asyncpg.Connection) -> int:
     return SCHEMA_VERSION
 
 
+# What complete.sql reads of each Outcome, besides its rows.
+_OUTCOME_FIELDS = [f.name for f in dataclasses.fields(Outcome) if f.name != "deliveries"]
+
+
 class ClaimLost(Exception):
     """A claim's transaction ended (its connection was lost) before a share's outcomes were
     written: the rows are due again, and whoever claims them sends the same messageIds."""
@@ -144,6 +151,7 @@ class Claim:
         conn: PoolConnectionProxy | None,
         groups: dict[str, list[Claimed]],
         integrations: dict[str, Mapping[str, Any]],
+        tids: dict[str, dict[str, Tid]],
         *,
         hold_seconds: float,
         lease_seconds: float,
@@ -151,6 +159,8 @@ class Claim:
         self.token = uuid.uuid4()
         self.groups = groups
         self.integrations = integrations  # settings as read in the claim's transaction
+        # Each share's rows by event id: their physical addresses, which complete.sql updates.
+        self._tids = tids
         self._pool, self._conn = pool, conn
         self._lease_seconds = lease_seconds
         # Shares whose rows this transaction still holds; the rest were handed over to a lease
@@ -174,17 +184,23 @@ class Claim:
     async def complete(self, integration_id: str, outcomes: Sequence[Outcome]) -> int:
         """Record the outcomes of one integration's share; returns rows updated (fewer when a
         handed-over lease expired and another worker took the rows)."""
-        # The connection's JSON codec (orjson) writes each Outcome as an object of its fields.
-        payload = list(outcomes)
+        groups = [
+            {"n": n, **{name: getattr(o, name) for name in _OUTCOME_FIELDS}}
+            for n, o in enumerate(outcomes)
+        ]
+        numbers = [n for n, o in enumerate(outcomes) for _ in o.deliveries]
 
         async def run(conn: Conn | asyncpg.Pool, token: uuid.UUID | None) -> int:
-            updated: int = await conn.fetchval(sql("complete"), token, integration_id, payload)
+            # Read the addresses now, not before the lock: a hand-over may have moved the rows.
+            tid_of = self._tids[integration_id]
+            tids = [tid_of[item.event_id] for o in outcomes for item in o.deliveries]
+            updated: int = await conn.fetchval(sql("complete"), token, tids, numbers, groups)
             return updated
 
         async with self._lock:
             if integration_id not in self._leased:
                 return await self._in_transaction(integration_id, lambda c: run(c, None))
-        return await run(self._pool, self.token) if payload else 0
+        return await run(self._pool, self.token) if numbers else 0
 
     async def release(self, integration_id: str, *, after_seconds: float = 0.0) -> int:
         """Give back a share unsent: due again after `after_seconds`, attempts untouched."""
@@ -241,13 +257,14 @@ class Claim:
             held = sorted(self._held)
             try:
                 for integration_id in held:
-                    await self._conn.execute(
+                    moved = await self._conn.fetch(
                         sql("lease"),
                         self.token,
                         integration_id,
                         self._lease_seconds,
                         self._event_ids(integration_id),
                     )
+                    self._tids[integration_id] = {r["event_id"]: r["tid"] for r in moved}
                 await self._end()
             except Exception:
                 await self._abandon()  # each share's complete() then raises ClaimLost
@@ -312,10 +329,13 @@ class Store:
                 sql("claim"), limit, per_integration, max_integrations, list(exclude)
             )
             groups: dict[str, list[Claimed]] = {}
+            tids: dict[str, dict[str, Tid]] = {}
             for row in rows:
-                groups.setdefault(row["integration_id"], []).append(
-                    Claimed(event_id=row["id"], attempts=row["attempts"], row=row)
+                integration_id, event_id = row["integration_id"], row["id"]
+                groups.setdefault(integration_id, []).append(
+                    Claimed(event_id=event_id, attempts=row["attempts"], row=row)
                 )
+                tids.setdefault(integration_id, {})[event_id] = row["tid"]
             integrations: dict[str, Mapping[str, Any]] = {}
             if groups:
                 for r in await conn.fetch(sql("integrations_by_id"), list(groups)):
@@ -332,6 +352,7 @@ class Store:
             conn if groups else None,
             groups,
             integrations,
+            tids,
             hold_seconds=hold_seconds,
             lease_seconds=lease_seconds,
         )

@@ -268,11 +268,11 @@ class Worker:
         except ValidationError as exc:
             reason = f"integration settings are invalid: {describe_validation_error(exc)}"
             bound.error("integration_invalid", error=reason, held=len(claims))
-            held = [hold(c, INVALID_INTEGRATION_DELAY, reason) for c in claims]
-            await claim.complete(integration_id, held)
+            held = hold(claims, INVALID_INTEGRATION_DELAY, reason)
+            await claim.complete(integration_id, [held])
             return
         if integration.status is IntegrationStatus.PAUSED:
-            await claim.complete(integration_id, [hold(c, 0.0) for c in claims])
+            await claim.complete(integration_id, [hold(claims, 0.0)])
             return
 
         write_key = integration.write_key.get_secret_value()
@@ -297,8 +297,10 @@ class Worker:
             max_events=self.settings.batch_max_events,
         )
         await self._record(claim, integration_id, result, bound)
-        tally = Counter(map(_outcome, result.outcomes))
-        self._observe(integration, claims, result, tally, label)
+        tally: Counter[str] = Counter()
+        for o in result.outcomes:
+            tally[_outcome(o)] += len(o.deliveries)
+        self._observe(integration, result, tally, label)
         self._report(bound, integration_id, result, tally, time.monotonic() - started)
 
     async def _record(
@@ -322,18 +324,13 @@ class Worker:
                 bound.warning(
                     "outcomes_not_recorded_yet",
                     error=str(exc),
-                    events=len(result.outcomes),
+                    events=sum(len(o.deliveries) for o in result.outcomes),
                     retry_in_seconds=wait,
                 )
                 await asyncio.sleep(wait)
 
     def _observe(
-        self,
-        integration: Integration,
-        claims: list[Claimed],
-        result: GroupResult,
-        tally: Counter[str],
-        label: str,
+        self, integration: Integration, result: GroupResult, tally: Counter[str], label: str
     ) -> None:
         """Metrics for one share: label lookups and histogram updates once per share, not per
         event."""
@@ -341,21 +338,21 @@ class Worker:
         metrics.observe_many(metrics.BATCH_EVENTS, result.batch_sizes)
         for outcome, count in tally.items():
             metrics.DELIVERIES.labels(outcome, region, label).inc(count)
-        rows = {c.event_id: c.row for c in claims}
         now = self.clock()
         latencies: list[float] = []
         ages: list[float] = []
         attempts: dict[DeliveryStatus, list[int]] = {s: [] for s in DONE}
         for o in result.outcomes:
             if o.status is DeliveryStatus.DELIVERED:
-                row = rows[o.event_id]
-                created, occurred = row.get("created_at"), row.get("occurred_at")
-                if isinstance(created, datetime):
-                    latencies.append((now - created).total_seconds())
-                if isinstance(occurred, datetime):
-                    ages.append(max((now - occurred).total_seconds(), 0.0))
+                for item in o.deliveries:
+                    get = item.row.get
+                    created, occurred = get("created_at"), get("occurred_at")
+                    if isinstance(created, datetime):
+                        latencies.append((now - created).total_seconds())
+                    if isinstance(occurred, datetime):
+                        ages.append(max((now - occurred).total_seconds(), 0.0))
             if o.sent and o.status in attempts:
-                attempts[o.status].append(o.attempts)
+                attempts[o.status].extend(map(o.attempts, o.deliveries))
         metrics.observe_many(metrics.LATENCY.labels(region), latencies)
         metrics.observe_many(metrics.EVENT_AGE.labels(region), ages)
         for status, counts in attempts.items():
@@ -371,31 +368,27 @@ class Worker:
     ) -> None:
         """One line per share; one per batch of retries and of dead letters; one when an
         integration starts failing and one when it recovers."""
-        retries = (
-            [o for o in result.outcomes if _outcome(o) == "retried"] if tally["retried"] else []
-        )
-        dead = (
-            [o for o in result.outcomes if o.status is DeliveryStatus.FAILED]
-            if tally["failed"]
-            else []
-        )
+        retries = [o for o in result.outcomes if _outcome(o) == "retried"]
+        dead = [o for o in result.outcomes if o.status is DeliveryStatus.FAILED]
         if retries:
             first = retries[0]
+            item = first.deliveries[0]
             bound.warning(
                 "delivery_retry_scheduled",
-                events=len(retries),
-                event_id=first.event_id,
-                attempt=first.attempts,
+                events=sum(len(o.deliveries) for o in retries),
+                event_id=item.event_id,
+                attempt=first.attempts(item),
                 status_code=first.status_code,
                 retry_in_seconds=first.delay,
                 error=first.error,
             )
         if dead:
+            event_ids = [c.event_id for o in dead for c in o.deliveries]
             bound.error(
                 "deliveries_failed",
-                events=len(dead),
-                event_ids=[o.event_id for o in dead[:LOGGED_EVENT_IDS]],
-                attempt=dead[0].attempts,
+                events=len(event_ids),
+                event_ids=event_ids[:LOGGED_EVENT_IDS],
+                attempt=dead[0].attempts(dead[0].deliveries[0]),
                 status_code=dead[0].status_code,
                 error=dead[0].error,
             )

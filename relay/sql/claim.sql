@@ -2,7 +2,8 @@
 -- those in $4 (already at their in-flight cap in this worker), at most $2 deliveries from each
 -- and $1 in all. Claimed rows are only locked (FOR NO KEY UPDATE SKIP LOCKED), not written:
 -- the caller keeps this transaction open while it sends them (relay.store.Claim), so other
--- workers skip them, and a worker that dies lets them go at once.
+-- workers skip them, and a worker that dies lets them go at once. Each row's ctid (tid) is where
+-- complete.sql finds it again: the locks keep it in place.
 WITH candidates AS (
     SELECT i.id
     FROM relay.integrations i
@@ -20,7 +21,7 @@ claimed AS (
     SELECT p.*
     FROM candidates c
     CROSS JOIN LATERAL (
-        SELECT d.integration_id, d.event_id, d.attempts
+        SELECT d.integration_id, d.event_id, d.attempts, d.ctid AS tid
         FROM relay.deliveries d
         WHERE d.integration_id = c.id AND d.status = 'pending' AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at
@@ -29,7 +30,7 @@ claimed AS (
     ) p
     LIMIT $1
 )
-SELECT c.integration_id, c.attempts,
+SELECT c.integration_id, c.attempts, c.tid,
        e.id, e.organization_id, e.app_id, e.event_type, e.occurred_at, e.user_id,
        e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer, e.locale,
        e.traits, e.identities, e."references", e.created_at

@@ -1,33 +1,30 @@
 -- Record the outcomes of one integration's share in one statement, and log every send that did
--- not deliver. $1 is NULL inside the claim's own transaction, which holds the rows' locks; for
--- a share handed over to a lease it is the lease token, and rows whose lease was lost (taken
--- over by another worker after it expired) are left alone: lease_token no longer matches.
--- The plan is pinned by its shape, not left to estimates: each outcome finds its row by primary
--- key (a lateral lookup), and the update reaches it by ctid. A plain join let the planner
--- hash-join against a sequential scan of the whole table, a cost that grew with the backlog.
--- $3 is the outcomes as one JSON array of objects (relay.dispatch.Outcome, field for field):
--- encoding eight parallel arrays cost the relay twice as much CPU per outcome.
-WITH u AS (
+-- not deliver. Rows are found by their physical address ($2, ctid), as the claim read it or as
+-- the hand-over to a lease rewrote it: no index lookup per row. $1 is NULL inside the claim's
+-- own transaction, whose row locks keep those addresses valid. For a share handed over to a
+-- lease it is the lease token: a row whose lease was lost (taken over by another worker after
+-- it expired) no longer carries the token, and neither does any other row that may have come
+-- to occupy its address, so it is left alone. No other condition on d: one that an index can
+-- serve (integration_id, say) lets the planner scan the share's whole integration instead.
+-- Outcomes come in groups of deliveries that fared alike (relay.dispatch.Outcome): $4 is the
+-- groups as a JSON array of objects, numbered by "n"; $3[i] is the group of row $2[i]. The
+-- attempt count goes up by one for a send: the locks (or the token) guarantee it is still the
+-- count the claim read.
+WITH outcome AS (
     SELECT *
-    FROM json_to_recordset($3::json)
-         AS u(event_id text, status text, attempts int, sent bool, delay float8, status_code int,
-              error text, duration_ms int)
+    FROM json_to_recordset($4::json)
+         AS o(n int, status text, sent bool, delay float8, status_code int, error text,
+              duration_ms int)
 ),
-held AS MATERIALIZED (
-    SELECT d.ctid AS tid, u.*
-    FROM u
-    CROSS JOIN LATERAL (
-        SELECT d.ctid
-        FROM relay.deliveries d
-        WHERE d.integration_id = $2 AND d.event_id = u.event_id
-          AND ($1::uuid IS NULL OR d.lease_token = $1)
-        LIMIT 1  -- at most one by key; also keeps the planner from flattening the lookup
-    ) d
+target AS (
+    SELECT t.tid, o.*
+    FROM unnest($2::tid[], $3::int[]) AS t(tid, n)
+    JOIN outcome o USING (n)
 ),
 updated AS (
     UPDATE relay.deliveries AS d SET
         status           = h.status,
-        attempts         = h.attempts,
+        attempts         = d.attempts + CASE WHEN h.sent THEN 1 ELSE 0 END,
         next_attempt_at  = CASE WHEN h.status = 'pending'
                                 THEN now() + make_interval(secs => h.delay) END,
         last_attempt_at  = CASE WHEN h.sent THEN now() ELSE d.last_attempt_at END,
@@ -38,8 +35,8 @@ updated AS (
         delivered_at     = CASE WHEN h.status = 'delivered' THEN now() ELSE d.delivered_at END,
         lease_token      = NULL,
         updated_at       = now()
-    FROM held h
-    WHERE d.ctid = h.tid
+    FROM target h
+    WHERE d.ctid = h.tid AND ($1::uuid IS NULL OR d.lease_token = $1)
     RETURNING d.integration_id, d.event_id, d.status, d.attempts, d.last_status_code,
               d.last_error, d.last_duration_ms, h.sent
 ),

@@ -10,18 +10,25 @@ import asyncpg
 import pytest
 
 from relay import metrics
-from relay.dispatch import Outcome
+from relay.dispatch import Claimed, Outcome
 from relay.model import DeliveryStatus
 from relay.store import Claim, ClaimLost, Store, create_pool, listen
 from tests.helpers import add_integration, deliveries, event, insert_events, wait_until
 
 
-def _delivered(event_id: str) -> Outcome:
-    return Outcome(event_id, DeliveryStatus.DELIVERED, 1, sent=True, status_code=200)
+def _items(claim: Claim, integration: str, event_ids: Sequence[str]) -> list[Claimed]:
+    by_id = {c.event_id: c for c in claim.groups[integration]}
+    return [by_id[event_id] for event_id in event_ids]
 
 
-def _failed(event_id: str) -> Outcome:
-    return Outcome(event_id, DeliveryStatus.FAILED, 1, sent=True, status_code=400, error="bad")
+def _delivered(claim: Claim, integration: str, *event_ids: str) -> Outcome:
+    items = _items(claim, integration, event_ids)
+    return Outcome(items, DeliveryStatus.DELIVERED, sent=True, status_code=200)
+
+
+def _failed(claim: Claim, integration: str, *event_ids: str) -> Outcome:
+    items = _items(claim, integration, event_ids)
+    return Outcome(items, DeliveryStatus.FAILED, sent=True, status_code=400, error="bad")
 
 
 async def _claim(
@@ -68,13 +75,52 @@ async def test_a_claim_holds_its_rows_until_its_shares_are_recorded(pool: asyncp
     second = await _claim(store)
     assert second.groups == {}
     assert first.holding
-    outcomes = [_delivered("evt_1"), _delivered("evt_2")]
+    outcomes = [_delivered(first, integration, "evt_1", "evt_2")]
     assert await first.complete(integration, outcomes) == 2
     assert not first.holding
     rows = await deliveries(pool)
     assert {(r["status"], r["attempts"], r["lease_token"]) for r in rows.values()} == {
         ("delivered", 1, None)
     }
+
+
+async def test_a_share_is_recorded_group_by_group_in_one_statement(pool: asyncpg.Pool) -> None:
+    integration = await add_integration(pool)
+    await insert_events(pool, [event(n) for n in range(1, 6)])
+    store = Store(pool)
+
+    claim = await _claim(store)
+    retried = _items(claim, integration, ["evt_2", "evt_3"])
+    pending = DeliveryStatus.PENDING
+    outcomes = [
+        _delivered(claim, integration, "evt_1"),
+        Outcome(retried, pending, sent=True, delay=600, status_code=503, error="down"),
+        _failed(claim, integration, "evt_4"),
+        Outcome(_items(claim, integration, ["evt_5"]), DeliveryStatus.SKIPPED, sent=False),
+    ]
+    assert await claim.complete(integration, outcomes) == 5
+    rows = await deliveries(pool)
+    assert {
+        event_id: (r["status"], r["attempts"], r["last_status_code"], r["last_error"])
+        for event_id, r in rows.items()
+    } == {
+        "evt_1": ("delivered", 1, 200, None),
+        "evt_2": ("pending", 1, 503, "down"),
+        "evt_3": ("pending", 1, 503, "down"),
+        "evt_4": ("failed", 1, 400, "bad"),
+        "evt_5": ("skipped", 0, None, None),
+    }
+    due_later = await pool.fetchval(
+        "SELECT count(*) FROM relay.deliveries"
+        " WHERE next_attempt_at > now() + interval '500 seconds'"
+    )
+    assert due_later == 2
+    logged = await pool.fetch(
+        "SELECT event_id, attempt, outcome FROM relay.attempts ORDER BY event_id"
+    )
+    assert [tuple(r) for r in logged] == [
+        ("evt_2", 1, "retry"), ("evt_3", 1, "retry"), ("evt_4", 1, "failed")
+    ]  # fmt: skip
 
 
 async def test_a_share_still_sending_is_handed_over_to_a_lease(pool: asyncpg.Pool) -> None:
@@ -92,7 +138,7 @@ async def test_a_share_still_sending_is_handed_over_to_a_lease(pool: asyncpg.Poo
                                " FROM relay.deliveries")  # fmt: skip
     assert (await _claim(store)).groups == {}  # the lease keeps other claims off
 
-    assert await claim.complete(integration, [_delivered("evt_1")]) == 1
+    assert await claim.complete(integration, [_delivered(claim, integration, "evt_1")]) == 1
     row = (await deliveries(pool))["evt_1"]
     assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
 
@@ -111,9 +157,9 @@ async def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_overwrit
     assert [c.event_id for c in fresh.groups[integration]] == ["evt_1"]
 
     # The late owner's write waits for the new owner's transaction, then finds its row moved on.
-    late = asyncio.create_task(stale.complete(integration, [_failed("evt_1")]))
+    late = asyncio.create_task(stale.complete(integration, [_failed(stale, integration, "evt_1")]))
     await asyncio.sleep(0.2)
-    assert await fresh.complete(integration, [_delivered("evt_1")]) == 1
+    assert await fresh.complete(integration, [_delivered(fresh, integration, "evt_1")]) == 1
     assert await late == 0
     row = (await deliveries(pool))["evt_1"]
     assert (row["status"], row["lease_token"], row["attempts"]) == ("delivered", None, 1)
@@ -155,7 +201,7 @@ async def test_a_claim_whose_connection_dies_lets_its_rows_go_at_once(pool: asyn
     )
     assert killed == 1
     with pytest.raises(ClaimLost):
-        await claim.complete(integration, [_delivered("evt_1"), _delivered("evt_2")])
+        await claim.complete(integration, [_delivered(claim, integration, "evt_1", "evt_2")])
     assert not claim.holding
     again = await _claim(store)  # no lease to wait out
     assert sorted(c.event_id for c in again.groups[integration]) == ["evt_1", "evt_2"]
@@ -174,7 +220,7 @@ async def test_a_hand_over_that_fails_loses_the_claim_not_the_rows(pool: asyncpg
     )
     await _handed_over(claim)
     with pytest.raises(ClaimLost):
-        await claim.complete(integration, [_delivered("evt_1")])
+        await claim.complete(integration, [_delivered(claim, integration, "evt_1")])
     again = await _claim(store)  # never leased: due at once
     assert [c.event_id for c in again.groups[integration]] == ["evt_1"]
     await _give_back(again)
@@ -194,7 +240,7 @@ async def test_a_claim_cut_off_from_its_relay_lets_go_after_the_lease(database_u
         assert [c.event_id for c in again.groups[integration]] == ["evt_1"]
         await _give_back(again)
         with pytest.raises(ClaimLost):
-            await claim.complete(integration, [_delivered("evt_1")])
+            await claim.complete(integration, [_delivered(claim, integration, "evt_1")])
     finally:
         await pool.close()
 

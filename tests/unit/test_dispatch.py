@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from relay.dispatch import Claimed, Outcome, deliver_group
+from relay.dispatch import Claimed, GroupResult, Outcome, deliver_group
 from relay.model import DeliveryStatus, Integration
 from relay.retry import Response, RetrySchedule
 from relay.store import sql
@@ -58,7 +58,27 @@ def ok(_ids: list[str]) -> Response:
     return Response(200)
 
 
-async def _deliver(claims: list[Claimed], sender: ScriptedSender, **kwargs: Any) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """One delivery's outcome, as complete.sql records it."""
+
+    status: DeliveryStatus
+    attempts: int
+    sent: bool
+    delay: float | None
+    error: str | None
+
+
+def by_event(result: GroupResult) -> dict[str, Settled]:
+    settled = {
+        item.event_id: Settled(o.status, o.attempts(item), o.sent, o.delay, o.error)
+        for item, o in result.each()
+    }
+    assert len(settled) == sum(len(o.deliveries) for o in result.outcomes), "one outcome each"
+    return settled
+
+
+async def _deliver(claims: list[Claimed], sender: ScriptedSender, **kwargs: Any) -> GroupResult:
     return await deliver_group(
         kwargs.pop("integration", _integration()),
         claims,
@@ -73,14 +93,18 @@ async def test_calls_are_batched_in_time_order() -> None:
     sender = ScriptedSender(ok)
     result = await _deliver([_claim(3), _claim(1), _claim(2)], sender, max_events=2)
     assert sender.batches == [["evt_1", "evt_2"], ["evt_3"]]
-    assert [o.status for o in result.outcomes] == [DeliveryStatus.DELIVERED] * 3
-    assert {o.attempts for o in result.outcomes} == {1}
+    settled = by_event(result)
+    assert {s.status for s in settled.values()} == {DeliveryStatus.DELIVERED}
+    assert {s.attempts for s in settled.values()} == {1}
+    assert len(settled) == 3
+    # One outcome per batch, not per event.
+    assert [[c.event_id for c in o.deliveries] for o in result.outcomes] == sender.batches
 
 
 async def test_bisection_isolates_one_rejected_call() -> None:
     sender = ScriptedSender(lambda ids: Response(400) if "evt_5" in ids else Response(200))
     result = await _deliver([_claim(n) for n in range(1, 9)], sender)
-    status = {o.event_id: o.status for o in result.outcomes}
+    status = {event_id: s.status for event_id, s in by_event(result).items()}
     assert status.pop("evt_5") is DeliveryStatus.FAILED
     assert set(status.values()) == {DeliveryStatus.DELIVERED}
     assert result.requests == 7
@@ -91,7 +115,7 @@ async def test_after_a_429_nothing_more_is_sent_and_the_rest_waits_uncounted() -
     result = await _deliver([_claim(n) for n in range(1, 5)], sender, max_events=2)
     assert sender.batches == [["evt_1", "evt_2"]]
     assert result.rate_limited_for == 30
-    by_id = {o.event_id: o for o in result.outcomes}
+    by_id = by_event(result)
     assert (by_id["evt_1"].attempts, by_id["evt_1"].delay, by_id["evt_1"].sent) == (1, 60, True)
     assert (by_id["evt_3"].attempts, by_id["evt_3"].delay, by_id["evt_3"].sent) == (0, 30, False)
 
@@ -109,7 +133,7 @@ async def test_disabled_malformed_and_oversize_events_are_decided_without_sendin
         sender,
         integration=integration,
     )
-    by_id = {o.event_id: o for o in result.outcomes}
+    by_id = by_event(result)
     assert by_id["evt_1"].status is DeliveryStatus.SKIPPED
     assert by_id["evt_2"].status is DeliveryStatus.FAILED
     assert not by_id["evt_2"].sent
@@ -121,7 +145,7 @@ async def test_disabled_malformed_and_oversize_events_are_decided_without_sendin
 async def test_the_last_retry_failing_makes_the_delivery_dead() -> None:
     sender = ScriptedSender(lambda _ids: Response(500))
     result = await _deliver([_claim(1, attempts=8), _claim(2, attempts=7)], sender)
-    by_id = {o.event_id: o for o in result.outcomes}
+    by_id = by_event(result)
     assert by_id["evt_1"].status is DeliveryStatus.FAILED
     assert (by_id["evt_1"].error or "").startswith("gave up after 9 attempts")
     assert (by_id["evt_2"].status, by_id["evt_2"].delay) == (DeliveryStatus.PENDING, 21600)
@@ -136,16 +160,18 @@ async def test_second_integration_suffixes_its_message_ids() -> None:
 async def test_errors_recorded_never_contain_the_write_key() -> None:
     sender = ScriptedSender(lambda _ids: Response(401, body="key wk_secret is invalid"))
     result = await _deliver([_claim(1)], sender)
-    [outcome] = result.outcomes
+    [outcome] = by_event(result).values()
     assert outcome.error is not None
     assert "wk_secret" not in outcome.error
     assert "key **** is invalid" in outcome.error
 
 
 def test_complete_sql_reads_every_outcome_field_by_name() -> None:
-    """store.complete sends Outcomes as JSON objects; complete.sql names the fields it reads.
-    A field renamed on one side only would silently arrive as NULL."""
-    columns = re.search(r"json_to_recordset\(\$3::json\)\s+AS u\(([^)]*)\)", sql("complete"))
+    """store.complete sends each Outcome's fields (all but its deliveries) as a JSON object;
+    complete.sql names the fields it reads. A field renamed on one side only would silently
+    arrive as NULL."""
+    columns = re.search(r"json_to_recordset\(\$4::json\)\s+AS o\(([^)]*)\)", sql("complete"))
     assert columns is not None
     names = [c.split()[0] for c in columns.group(1).split(",")]
-    assert names == [f.name for f in dataclasses.fields(Outcome)]
+    fields = [f.name for f in dataclasses.fields(Outcome) if f.name != "deliveries"]
+    assert names == ["n", *fields]
