@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Protocol
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -183,10 +184,37 @@ def _blank_is_absent(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("must carry a time zone")
-    return value
+_SECONDS_Z = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
+# Segment's time format, as the spec's example writes it: `2026-05-13T10:14:00.000Z`.
+_SEGMENT_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds, as in the spec's example (`2026-05-13T10:14:00.000Z`).
+    Formatted by orjson: half the cost of datetime.isoformat."""
+    seconds = orjson.dumps(moment.astimezone(UTC), option=_SECONDS_Z)  # b'"…T10:14:00Z"'
+    return f"{seconds[1:-2].decode()}.{moment.microsecond // 1000:03d}Z"
+
+
+def _segment_time(value: Any) -> Any:
+    """An event's time in Segment's format. The claim has PostgreSQL write it (to_char), which
+    is taken as written; an aware datetime or an ISO 8601 string is converted. PostgreSQL also
+    keeps times no datetime can hold (years past 9999 or BC, infinity): the claim hands those
+    over as PostgreSQL's text, and they are refused here, by value."""
+    if isinstance(value, str):
+        if _SEGMENT_TIME.fullmatch(value):
+            return value
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a time Segment can take (years 1 to 9999)"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("must carry a time zone")
+        return iso_timestamp(value)
+    return value  # the str type check names what it is
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_absent)]
@@ -203,7 +231,7 @@ class Event:
     organization_id: NonEmpty
     app_id: NonEmpty
     event_type: EventType
-    occurred_at: Annotated[datetime, AfterValidator(_aware)]
+    occurred_at: Annotated[str, BeforeValidator(_segment_time)]  # Segment's format, in UTC
     user_id: OptionalText = None
     anonymous_id: NonEmpty
     survey_id: OptionalText = None
@@ -279,11 +307,13 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     raw_type = get("event_type")
     event_type = _EVENT_TYPES.get(raw_type) if type(raw_type) is str else None
     occurred_at = get("occurred_at")
+    if type(occurred_at) is datetime and occurred_at.tzinfo is not None:
+        occurred_at = iso_timestamp(occurred_at)
     traits, identities, references = get("traits"), get("identities"), get("references")
     if (
         event_type is None
-        or type(occurred_at) is not datetime
-        or occurred_at.tzinfo is None
+        or type(occurred_at) is not str
+        or not _SEGMENT_TIME.fullmatch(occurred_at)
         or not (traits is None or _is_object(traits))
         or not (identities is None or type(identities) is list or _is_object(identities))
         or not (references is None or type(references) is list or _is_object(references))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
 
 from relay import __version__
-from relay.model import Event
+from relay.model import Event, iso_timestamp
 
 MAX_CALL_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -41,16 +41,6 @@ def message_id(event_id: str, suffix: str | None) -> str:
     return f"{event_id[:keep]}~{digest}{tail}"
 
 
-_SECONDS_Z = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
-
-
-def iso_timestamp(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds, as in the spec's example (`2026-05-13T10:14:00.000Z`).
-    Formatted by orjson: half the cost of datetime.isoformat, once per event."""
-    seconds = orjson.dumps(moment.astimezone(UTC), option=_SECONDS_Z)  # b'"…T10:14:00Z"'
-    return f"{seconds[1:-2].decode()}.{moment.microsecond // 1000:03d}Z"
-
-
 def build_track_call(event: Event, event_name: str, msg_id: str, sent_at: str) -> dict[str, Any]:
     """The track call for one event, field for field as the spec's property tables say."""
     call: dict[str, Any] = {"type": "track", "event": event_name}
@@ -58,7 +48,7 @@ def build_track_call(event: Event, event_name: str, msg_id: str, sent_at: str) -
         call["userId"] = event.user_id
     call["anonymousId"] = event.anonymous_id
     call["messageId"] = msg_id
-    call["timestamp"] = iso_timestamp(event.occurred_at)
+    call["timestamp"] = event.occurred_at
     call["sentAt"] = sent_at
 
     context: dict[str, Any] = {}

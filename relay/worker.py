@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,10 +30,15 @@ from pydantic import ValidationError
 from relay import metrics
 from relay.config import Settings
 from relay.dispatch import Claimed, GroupResult, Outcome, deliver_group, hold
-from relay.model import DeliveryStatus, Integration, IntegrationStatus, describe_validation_error
+from relay.model import (
+    DeliveryStatus,
+    Integration,
+    IntegrationStatus,
+    describe_validation_error,
+    iso_timestamp,
+)
 from relay.ratelimit import RateLimiter
 from relay.retry import Response
-from relay.segment import iso_timestamp
 from relay.sender import Sender
 from relay.store import Claim, ClaimLost, Store, listen
 
@@ -338,7 +344,7 @@ class Worker:
         metrics.observe_many(metrics.BATCH_EVENTS, result.batch_sizes)
         for outcome, count in tally.items():
             metrics.DELIVERIES.labels(outcome, region, label).inc(count)
-        now = self.clock()
+        now = self.clock().timestamp()
         latencies: list[float] = []
         ages: list[float] = []
         attempts: dict[DeliveryStatus, list[int]] = {s: [] for s in DONE}
@@ -346,11 +352,11 @@ class Worker:
             if o.status is DeliveryStatus.DELIVERED:
                 for item in o.deliveries:
                     get = item.row.get
-                    created, occurred = get("created_at"), get("occurred_at")
-                    if isinstance(created, datetime):
-                        latencies.append((now - created).total_seconds())
-                    if isinstance(occurred, datetime):
-                        ages.append(max((now - occurred).total_seconds(), 0.0))
+                    created, occurred = get("created_epoch"), get("occurred_epoch")
+                    if isinstance(created, float) and math.isfinite(created):
+                        latencies.append(now - created)
+                    if isinstance(occurred, float):  # finite: the event was delivered
+                        ages.append(max(now - occurred, 0.0))
             if o.sent and o.status in attempts:
                 attempts[o.status].extend(map(o.attempts, o.deliveries))
         metrics.observe_many(metrics.LATENCY.labels(region), latencies)

@@ -32,9 +32,15 @@ from relay.admin.models import (
     resolve_endpoint,
 )
 from relay.errors import Conflict, NotFound
-from relay.model import EventSettings, IntegrationStatus, Region, describe_validation_error
+from relay.model import (
+    EventSettings,
+    IntegrationStatus,
+    Region,
+    describe_validation_error,
+    iso_timestamp,
+)
 from relay.retry import describe_check
-from relay.segment import build_check_call, encode_batch, encode_call, iso_timestamp, message_id
+from relay.segment import build_check_call, encode_batch, encode_call, message_id
 from relay.sender import Sender
 from relay.store import Conn, insert_integration, sql
 

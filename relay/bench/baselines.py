@@ -27,8 +27,8 @@ import aiohttp
 import orjson
 
 from relay import eventloop
-from relay.model import EventSettings, EventType, parse_event
-from relay.segment import build_track_call, iso_timestamp
+from relay.model import EventSettings, EventType, iso_timestamp, parse_event
+from relay.segment import build_track_call
 from relay.sender import basic_auth
 from relay.store import create_pool
 

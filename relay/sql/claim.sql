@@ -31,8 +31,18 @@ claimed AS (
     LIMIT $1
 )
 SELECT c.integration_id, c.attempts, c.tid,
-       e.id, e.organization_id, e.app_id, e.event_type, e.occurred_at, e.user_id,
-       e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer, e.locale,
-       e.traits, e.identities, e."references", e.created_at
+       e.id, e.organization_id, e.app_id, e.event_type,
+       -- Segment's time format, written here: cheaper than decoding a timestamptz and formatting
+       -- it in Python, and a time no datetime can hold (past 9999, BC, infinity) arrives as
+       -- text that fails its own event alone, instead of failing the whole claim to decode.
+       CASE WHEN e.occurred_at >= '0001-01-01 00:00:00+00'
+                 AND e.occurred_at < '10000-01-01 00:00:00+00'
+            THEN to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+            ELSE e.occurred_at::text END AS occurred_at,
+       e.user_id, e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer,
+       e.locale, e.traits, e.identities, e."references",
+       -- For the latency and age metrics only, as Unix seconds.
+       date_part('epoch', e.occurred_at) AS occurred_epoch,
+       date_part('epoch', e.created_at) AS created_epoch
 FROM claimed c
 JOIN relay.events e ON e.id = c.event_id

@@ -116,3 +116,44 @@ async def test_integration_with_invalid_stored_settings_holds_its_events(
     assert (row["status"], row["attempts"]) == ("pending", 0)
     assert "integration settings are invalid" in row["last_error"]
     assert sink.sink.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "shown"),
+    [("20000-01-01 12:00:00+00", "'20000-01-01 "), ("0500-01-01 12:00:00+00 BC", "'0500-01-01 "),
+     ("infinity", "'infinity'"), ("-infinity", "'-infinity'")],
+)  # fmt: skip
+async def test_a_time_python_cannot_hold_fails_that_event_alone(
+    pool: asyncpg.Pool, database_url: str, sink: RunningSink, occurred_at: str, shown: str
+) -> None:
+    """PostgreSQL keeps times that Python's datetime cannot (years past 9999 or BC, infinity):
+    such a row once failed every claim it was part of, so nothing behind it was ever sent."""
+    await add_integration(pool)
+    await insert_events(pool, [event(1), event(2), event(3)])
+    await pool.execute(
+        "UPDATE relay.events SET occurred_at = $1::text::timestamptz WHERE id = 'evt_2'",
+        occurred_at,
+    )
+    await run_until_idle(settings_for(database_url, sink.url))
+
+    rows = await deliveries(pool)
+    assert rows["evt_2"]["status"] == "failed"
+    error = rows["evt_2"]["last_error"]
+    assert error.startswith(f"malformed event: occurred_at: {shown}")
+    assert error.endswith("is not a time Segment can take (years 1 to 9999)")
+    assert sorted(c["messageId"] for c in sink.sink.calls()) == ["evt_1", "evt_3"]
+
+
+async def test_a_creation_time_python_cannot_hold_does_not_stop_the_event(
+    pool: asyncpg.Pool, database_url: str, sink: RunningSink
+) -> None:
+    """created_at feeds only the latency metric; an odd one (set by the product) must not fail
+    the claim as it once did, when the claim decoded it."""
+    await add_integration(pool)
+    await insert_events(pool, [event(1), event(2)])
+    await pool.execute("UPDATE relay.events SET created_at = '20000-01-01' WHERE id = 'evt_2'")
+    await run_until_idle(settings_for(database_url, sink.url))
+
+    rows = await deliveries(pool)
+    assert {r["status"] for r in rows.values()} == {"delivered"}
+    assert sorted(c["messageId"] for c in sink.sink.calls()) == ["evt_1", "evt_2"]

@@ -132,6 +132,27 @@ def test_a_time_without_zone_is_malformed() -> None:
         parse_event(_row(occurred_at=datetime(2026, 5, 13, 10, 14)))
 
 
+@pytest.mark.parametrize(
+    ("occurred_at", "expected"),
+    [
+        ("2026-05-13T10:14:00.123Z", "2026-05-13T10:14:00.123Z"),  # as the claim writes it
+        ("2026-05-13T12:14:00.123456+02:00", "2026-05-13T10:14:00.123Z"),
+        (datetime(2026, 5, 13, 10, 14, 0, 123_999, tzinfo=UTC), "2026-05-13T10:14:00.123Z"),
+    ],
+)
+def test_the_time_is_kept_in_segments_format(occurred_at: Any, expected: str) -> None:
+    assert parse_event(_row(occurred_at=occurred_at)).occurred_at == expected
+
+
+@pytest.mark.parametrize("text", ["infinity", "20000-01-01 00:00:00+00", "0500-01-01 00:00:00 BC"])
+def test_a_time_segment_cannot_take_is_malformed(text: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        parse_event(_row(occurred_at=text))
+    assert str(caught.value) == (
+        f"occurred_at: {text!r} is not a time Segment can take (years 1 to 9999)"
+    )
+
+
 # The full validation, which parse_event's fast path must agree with.
 _FULL = TypeAdapter(Event)
 _good = st.one_of(st.sampled_from(["x", " y ", "evt_1"]), st.text(min_size=1).filter(str.strip))
@@ -185,6 +206,9 @@ _BASE = {**_row(occurred_at=datetime(2026, 5, 13, tzinfo=UTC)), "locale": " "}
 @example({**_BASE, "app_id": " "})
 @example({**_BASE, "occurred_at": datetime(2026, 5, 13)})
 @example({**_BASE, "event_type": {}})
+@example({**_BASE, "occurred_at": "2026-05-13T10:14:00.000Z"})
+@example({**_BASE, "occurred_at": "2026-05-13T10:14:00.000"})
+@example({**_BASE, "occurred_at": "infinity"})
 def test_the_fast_path_agrees_with_full_validation(row: dict[str, Any]) -> None:
     """parse_event skips pydantic for plain rows; it must accept and reject exactly what the
     model does, and build the same event."""

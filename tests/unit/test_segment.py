@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.model import Event, EventType, parse_event
+from relay.model import Event, EventType, iso_timestamp, parse_event
 from relay.segment import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_ID_LENGTH,
@@ -17,7 +17,6 @@ from relay.segment import (
     batch_overhead,
     build_track_call,
     encode_batch,
-    iso_timestamp,
     message_id,
     plan_batches,
 )
