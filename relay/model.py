@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     RootModel,
     SecretStr,
     StrictBool,
@@ -177,7 +178,6 @@ def _non_empty(value: str) -> str:
 NonEmpty = Annotated[
     str, AfterValidator(_non_empty), Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})
 ]
-JsonContainer = dict[str, Any] | list[Any]
 
 
 def _blank_is_absent(value: Any) -> Any:
@@ -201,23 +201,64 @@ def _segment_time(value: Any) -> Any:
     is taken as written; an aware datetime or an ISO 8601 string is converted. PostgreSQL also
     keeps times no datetime can hold (years past 9999 or BC, infinity): the claim hands those
     over as PostgreSQL's text, and they are refused here, by value."""
+    given = value
     if isinstance(value, str):
         if _SEGMENT_TIME.fullmatch(value):
             return value
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not a time Segment can take (years 1 to 9999)"
-            ) from None
+            value = None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("must carry a time zone")
-        return iso_timestamp(value)
-    return value  # the str type check names what it is
+        value = _utc_text(value)
+    if value is None:
+        raise ValueError(f"{given!r} is not a time Segment can take (years 1 to 9999)")
+    return value  # the str type check names anything else
+
+
+def _utc_text(moment: datetime) -> str | None:
+    """Segment's format of an aware datetime, or None when it falls outside years 1 to 9999 in
+    UTC (year 1 at +02:00 does)."""
+    try:
+        return iso_timestamp(moment)
+    except OverflowError:
+        return None
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_absent)]
+
+
+_IS_STR = str.__instancecheck__
+_CONTAINERS = (list, orjson.Fragment)
+
+
+def _is_object(value: Any) -> bool:
+    """A decoded JSON object: a dict with string keys."""
+    return type(value) is dict and all(map(_IS_STR, value))
+
+
+def _json_object(value: Any) -> Any:
+    if value is None or type(value) is orjson.Fragment or _is_object(value):
+        return value
+    raise ValueError("must be a JSON object")
+
+
+def _json_container(value: Any) -> Any:
+    if value is None or type(value) is orjson.Fragment or type(value) is list:
+        return value
+    if _is_object(value):
+        return value
+    raise ValueError("must be a JSON object or array")
+
+
+# A JSON column's value: decoded, or PostgreSQL's own JSON text wrapped as an orjson.Fragment,
+# which orjson writes out verbatim (see parse_event).
+JsonObject = Annotated[dict[str, Any] | orjson.Fragment | None, PlainValidator(_json_object)]
+JsonContainer = Annotated[
+    dict[str, Any] | list[Any] | orjson.Fragment | None, PlainValidator(_json_container)
+]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -239,9 +280,9 @@ class Event:
     page_path: OptionalText = None
     page_referrer: OptionalText = None
     locale: OptionalText = None
-    traits: dict[str, Any] | None = None
-    identities: JsonContainer | None = None
-    references: JsonContainer | None = None
+    traits: JsonObject = None
+    identities: JsonContainer = None
+    references: JsonContainer = None
 
 
 _EVENT = TypeAdapter(Event)
@@ -264,23 +305,45 @@ _OPTIONAL_TEXT = ("user_id", "survey_id", "response_id", "page_path", "page_refe
 _EVENT_TYPES: Mapping[str, EventType] = {t.value: t for t in EventType}
 
 
+# Each JSON column, and whether it may hold an array as well as an object.
+JSON_COLUMNS = {"traits": False, "identities": True, "references": True}
+
+
 def parse_event(row: Row | Mapping[str, Any]) -> Event:
-    """Validate an outbox row, raising MalformedEvent with one readable line on failure."""
+    """Validate an outbox row, raising MalformedEvent with one readable line on failure.
+
+    The claim reads the JSON columns as text (`traits_json`, …): an object or array is then
+    sent exactly as stored, never decoded and re-encoded. Decoding lost what PostgreSQL keeps
+    and Python does not (integers past 64 bits became floats), and it failed the whole claim on
+    values orjson refuses (1e400, nesting deeper than 1024). It also cost more. Rows that carry
+    decoded values under the plain names (tests, the demo, the bench baselines) are read as
+    they are."""
     event = _well_formed(row)
     if event is not None:
         return event
+    values = dict(row.items())
+    for name, arrays in JSON_COLUMNS.items():
+        text = values.pop(f"{name}_json", None)
+        if text is not None:
+            values[name] = _raw_json(text, arrays)
     try:
-        return _EVENT.validate_python(dict(row.items()))
+        return _EVENT.validate_python(values)
     except ValidationError as exc:
         raise MalformedEvent(describe_validation_error(exc)) from None
 
 
-_IS_STR = str.__instancecheck__
+def _raw_json(text: str, arrays: bool) -> Any:
+    """PostgreSQL's JSON text of one value: an object (or an array, where allowed) as a
+    Fragment, null as None, and anything else as the text itself, which validation refuses."""
+    first = text[:1]
+    if first == "{" or (arrays and first == "["):
+        return orjson.Fragment(text)
+    return None if text == "null" else text
 
 
-def _is_object(value: Any) -> bool:
-    """A decoded JSON object, which is what `dict[str, Any]` accepts."""
-    return type(value) is dict and all(map(_IS_STR, value))
+def _json_column(get: Any, name: str, arrays: bool) -> Any:
+    text = get(f"{name}_json")
+    return get(name) if text is None else _raw_json(text, arrays)
 
 
 def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
@@ -308,15 +371,17 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     event_type = _EVENT_TYPES.get(raw_type) if type(raw_type) is str else None
     occurred_at = get("occurred_at")
     if type(occurred_at) is datetime and occurred_at.tzinfo is not None:
-        occurred_at = iso_timestamp(occurred_at)
-    traits, identities, references = get("traits"), get("identities"), get("references")
+        occurred_at = _utc_text(occurred_at)
+    traits = _json_column(get, "traits", False)
+    identities = _json_column(get, "identities", True)
+    references = _json_column(get, "references", True)
     if (
         event_type is None
         or type(occurred_at) is not str
         or not _SEGMENT_TIME.fullmatch(occurred_at)
-        or not (traits is None or _is_object(traits))
-        or not (identities is None or type(identities) is list or _is_object(identities))
-        or not (references is None or type(references) is list or _is_object(references))
+        or not (traits is None or type(traits) is orjson.Fragment or _is_object(traits))
+        or not (identities is None or type(identities) in _CONTAINERS or _is_object(identities))
+        or not (references is None or type(references) in _CONTAINERS or _is_object(references))
     ):
         return None
     return Event(

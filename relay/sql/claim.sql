@@ -40,7 +40,10 @@ SELECT c.integration_id, c.attempts, c.tid,
             THEN to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
             ELSE e.occurred_at::text END AS occurred_at,
        e.user_id, e.anonymous_id, e.survey_id, e.response_id, e.page_path, e.page_referrer,
-       e.locale, e.traits, e.identities, e."references",
+       e.locale,
+       -- JSON as PostgreSQL's text, sent verbatim (relay.model.parse_event says why).
+       e.traits::text AS traits_json, e.identities::text AS identities_json,
+       e."references"::text AS references_json,
        -- For the latency and age metrics only, as Unix seconds.
        date_part('epoch', e.occurred_at) AS occurred_epoch,
        date_part('epoch', e.created_at) AS created_epoch

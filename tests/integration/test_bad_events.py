@@ -70,7 +70,7 @@ async def test_event_over_32_kb_fails_before_sending_and_its_batch_mates_go(
         ({"event_type": "Flow Clicked"}, "event_type: Input should be 'Flow Viewed'"),
         ({"anonymous_id": None}, "anonymous_id: Input should be a valid string"),
         ({"anonymous_id": "  "}, "anonymous_id: must not be empty"),
-        ({"traits": ["not", "an", "object"]}, "traits: Input should be a valid dictionary"),
+        ({"traits": ["not", "an", "object"]}, "traits: must be a JSON object"),
         ({"identities": "a string"}, "identities"),
     ],
 )
@@ -157,3 +157,26 @@ async def test_a_creation_time_python_cannot_hold_does_not_stop_the_event(
     rows = await deliveries(pool)
     assert {r["status"] for r in rows.values()} == {"delivered"}
     assert sorted(c["messageId"] for c in sink.sink.calls()) == ["evt_1", "evt_2"]
+
+
+@pytest.mark.parametrize(
+    "traits",
+    ['{"n": 1e400}', '{"deep": ' + "[" * 1100 + "]" * 1100 + "}"],
+    ids=["a number past a double", "nesting past 1024"],
+)
+async def test_json_that_python_cannot_decode_fails_that_event_alone(
+    pool: asyncpg.Pool, database_url: str, sink: RunningSink, traits: str
+) -> None:
+    """Valid jsonb that orjson refuses once failed every claim it was part of. The claim now
+    reads JSON as text and sends it verbatim, so it reaches the endpoint, which rejects it (as
+    the sink does with 400), and bisection fails that event alone."""
+    await add_integration(pool)
+    await insert_events(pool, [event(1), event(2), event(3)])
+    await pool.execute(
+        "UPDATE relay.events SET traits = $1::text::jsonb WHERE id = 'evt_2'", traits
+    )
+    await run_until_idle(settings_for(database_url, sink.url))
+
+    rows = await deliveries(pool)
+    assert (rows["evt_2"]["status"], rows["evt_2"]["last_status_code"]) == ("failed", 400)
+    assert sorted(c["messageId"] for c in sink.sink.calls()) == ["evt_1", "evt_3"]
