@@ -35,9 +35,10 @@ from relay.segment import (
 DEFAULT_RATE_LIMIT_WAIT = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
-    """A delivery this worker holds a lease on, with its outbox row."""
+    """A delivery this worker holds a lease on, with its outbox row. Not frozen, which would
+    double its construction cost, once per claimed row (treat it as read-only)."""
 
     event_id: str
     attempts: int
