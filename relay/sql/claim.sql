@@ -21,7 +21,7 @@ claimed AS (
     SELECT p.*
     FROM candidates c
     CROSS JOIN LATERAL (
-        SELECT d.integration_id, d.event_id, d.attempts, d.ctid AS tid
+        SELECT d.integration_id, d.event_id, d.attempts, d.ctid::text AS tid
         FROM relay.deliveries d
         WHERE d.integration_id = c.id AND d.status = 'pending' AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at

@@ -18,7 +18,7 @@ WITH outcome AS (
 ),
 target AS (
     SELECT t.tid, o.*
-    FROM unnest($2::tid[], $3::int[]) AS t(tid, n)
+    FROM unnest($2::text::tid[], $3::text::int[]) AS t(tid, n)
     JOIN outcome o USING (n)
 ),
 updated AS (

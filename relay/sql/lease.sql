@@ -5,4 +5,4 @@
 UPDATE relay.deliveries
 SET next_attempt_at = now() + make_interval(secs => $3), lease_token = $1, updated_at = now()
 WHERE integration_id = $2 AND event_id = ANY ($4::text[]) AND status = 'pending'
-RETURNING event_id, ctid AS tid
+RETURNING event_id, ctid::text AS tid
