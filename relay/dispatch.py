@@ -126,27 +126,30 @@ async def deliver_group(
     if skipped:
         result.outcomes.append(Outcome(skipped, DeliveryStatus.SKIPPED, sent=False))
 
-    async def send_isolating(batch: Sequence[Encoded[Claimed]]) -> None:
+    # Batches to send, the next one last. A batch Segment rejects with 400/413 is halved in
+    # place, left half first. A loop, not a recursive closure: such a closure is a reference
+    # cycle, which kept every share's outcomes and rows alive until a full collection (peak RSS
+    # 238 MB with a 1,000,000-event backlog).
+    overhead = batch_overhead(write_key)
+    todo: list[Sequence[Encoded[Claimed]]] = []
+    todo += reversed(plan_batches(ready, overhead=overhead, max_events=max_events))
+    while todo:
+        batch = todo.pop()
         if result.rate_limited_for is not None:
             result.outcomes.append(hold([c.key for c in batch], result.rate_limited_for))
-            return
+            continue
         response = await send(encode_batch([c.body for c in batch], write_key))
         result.requests += 1
         result.batch_sizes.append(len(batch))
         verdict = classify(response.status)
         if verdict is Verdict.ISOLATE and len(batch) > 1:
             left, right = halves(batch)
-            await send_isolating(left)
-            await send_isolating(right)
-            return
+            todo += (right, left)
+            continue
         if response.status == 429:
             result.rate_limited_for = response.retry_after or DEFAULT_RATE_LIMIT_WAIT
         items = [c.key for c in batch]
         result.outcomes.extend(_after_send(items, response, verdict, integration, schedule))
-
-    overhead = batch_overhead(write_key)
-    for batch in plan_batches(ready, overhead=overhead, max_events=max_events):
-        await send_isolating(batch)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 from collections.abc import Callable
 from typing import Any
@@ -175,3 +176,19 @@ def test_complete_sql_reads_every_outcome_field_by_name() -> None:
     names = [c.split()[0] for c in columns.group(1).split(",")]
     fields = [f.name for f in dataclasses.fields(Outcome) if f.name != "deliveries"]
     assert names == ["n", *fields]
+
+
+async def test_a_share_leaves_no_reference_cycle_behind() -> None:
+    """Everything a share made is freed as soon as it is done. A recursive closure once made a
+    cycle that kept each share's outcomes and outbox rows alive until a full collection: peak
+    RSS 238 MB with a 1,000,000-event backlog, against 175 MB before."""
+    sender = ScriptedSender(lambda ids: Response(400) if "evt_3" in ids else Response(200))
+    gc.collect()
+    gc.disable()
+    try:
+        result = await _deliver([_claim(n) for n in range(1, 5)], sender)
+        assert result.requests == 5  # 4 → 2+2 → 1+1: the isolating path ran
+        del result
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
