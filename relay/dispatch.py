@@ -5,6 +5,7 @@ an in-memory twin."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ from relay.segment import (
 
 # Wait this long after a 429 that named no delay.
 DEFAULT_RATE_LIMIT_WAIT = 1.0
+# Parsing and building a share of 1,000 events is 10-20 ms of CPU. Pausing every so many events
+# lets the event loop take in the next claim's rows and other shares' answers meanwhile: a drain
+# then kept more of the machine busy (1.43 of 2 cores against 1.32, README, Benchmark).
+YIELD_EVERY = 250
 
 
 @dataclass(slots=True)
@@ -99,7 +104,9 @@ async def deliver_group(
     result = GroupResult()
     write_key = integration.write_key.get_secret_value()
     events: list[tuple[Claimed, Event]] = []
-    for item in claimed:
+    for count, item in enumerate(claimed, 1):
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         try:
             events.append((item, parse_event(item.row)))
         except MalformedEvent as exc:
@@ -108,7 +115,9 @@ async def deliver_group(
     events.sort(key=lambda pair: pair[1].occurred_at)
     ready: list[Encoded[Claimed]] = []
     skipped: list[Claimed] = []
-    for item, event in events:
+    for count, (item, event) in enumerate(events, 1):
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         name = integration.event_settings.name_for(event.event_type)
         if name is None:
             skipped.append(item)
