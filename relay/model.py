@@ -239,16 +239,24 @@ def _is_object(value: Any) -> bool:
     return type(value) is dict and all(map(_IS_STR, value))
 
 
+def _is_json_object(value: Any) -> bool:
+    """What a JSON object column accepts: nothing, a decoded object, or PostgreSQL's text."""
+    return value is None or type(value) is orjson.Fragment or _is_object(value)
+
+
+def _is_json_container(value: Any) -> bool:
+    """What a column that may also hold an array accepts."""
+    return value is None or type(value) in _CONTAINERS or _is_object(value)
+
+
 def _json_object(value: Any) -> Any:
-    if value is None or type(value) is orjson.Fragment or _is_object(value):
+    if _is_json_object(value):
         return value
     raise ValueError("must be a JSON object")
 
 
 def _json_container(value: Any) -> Any:
-    if value is None or type(value) is orjson.Fragment or type(value) is list:
-        return value
-    if _is_object(value):
+    if _is_json_container(value):
         return value
     raise ValueError("must be a JSON object or array")
 
@@ -372,16 +380,16 @@ def _well_formed(row: Row | Mapping[str, Any]) -> Event | None:
     occurred_at = get("occurred_at")
     if type(occurred_at) is datetime and occurred_at.tzinfo is not None:
         occurred_at = _utc_text(occurred_at)
-    traits = _json_column(get, "traits", False)
-    identities = _json_column(get, "identities", True)
-    references = _json_column(get, "references", True)
+    traits, identities, references = [
+        _json_column(get, name, arrays) for name, arrays in JSON_COLUMNS.items()
+    ]
     if (
         event_type is None
         or type(occurred_at) is not str
         or not _SEGMENT_TIME.fullmatch(occurred_at)
-        or not (traits is None or type(traits) is orjson.Fragment or _is_object(traits))
-        or not (identities is None or type(identities) in _CONTAINERS or _is_object(identities))
-        or not (references is None or type(references) in _CONTAINERS or _is_object(references))
+        or not _is_json_object(traits)
+        or not _is_json_container(identities)
+        or not _is_json_container(references)
     ):
         return None
     return Event(
