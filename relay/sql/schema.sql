@@ -62,8 +62,10 @@ CREATE TABLE IF NOT EXISTS relay.events (
 );
 
 -- One row per (event, integration), created in the product's own transaction.
--- A pending row is due when next_attempt_at <= now(). A claim moves next_attempt_at forward by
--- the lease and stamps lease_token, so a worker that dies simply lets its rows fall due again.
+-- A pending row is due when next_attempt_at <= now(). A claim locks its rows in a transaction it
+-- keeps open while sending (relay.store.Claim); a share still sending after the hold moves
+-- next_attempt_at forward by the lease and stamps lease_token. So a worker that dies simply
+-- lets its rows fall due again: at once with its locks, or when the lease expires.
 CREATE TABLE IF NOT EXISTS relay.deliveries (
     integration_id   text NOT NULL REFERENCES relay.integrations (id) ON DELETE CASCADE,
     event_id         text NOT NULL REFERENCES relay.events (id) ON DELETE CASCADE,
@@ -80,8 +82,8 @@ CREATE TABLE IF NOT EXISTS relay.deliveries (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (integration_id, event_id)
 );
--- Every row is updated at least twice (claim, outcome): leave room for HOT updates and vacuum
--- this high-churn table early.
+-- Every row is updated at least once (its outcome; a retry or a hand-over adds more): leave room
+-- for HOT updates and vacuum this high-churn table early.
 ALTER TABLE relay.deliveries SET (
     fillfactor = 80,
     autovacuum_vacuum_scale_factor = 0.02,
